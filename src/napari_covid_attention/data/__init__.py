@@ -1,0 +1,1 @@
+"""Synthetic chest CT phantoms for the sample data, tests and demo-model training."""
