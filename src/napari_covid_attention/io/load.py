@@ -21,15 +21,16 @@ def load_ct(path: str | os.PathLike, series: str | None = None) -> CTVolume:
     Raises:
         CTLoadError: with one sentence saying why the input cannot be used.
     """
-    from napari_covid_attention.io import dicom  # pydicom import is deferred to DICOM use
-
     path = Path(path)
     if not path.exists():
         raise CTLoadError(f"{path} does not exist.")
+    if not path.is_dir() and is_nifti_path(path):
+        return load_nifti(path)
+
+    from napari_covid_attention.io import dicom  # pydicom is imported only for DICOM input
+
     if path.is_dir():
         return dicom.load_dicom(path, series=series)
-    if is_nifti_path(path):
-        return load_nifti(path)
     if dicom.is_dicom_file(path):
         return dicom.load_dicom(path, series=series)
     raise CTLoadError(

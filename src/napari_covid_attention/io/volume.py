@@ -12,6 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
+from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io import geometry
 
 # Scanners pad the area outside the reconstruction circle with values such as -2048 or
@@ -19,7 +20,7 @@ from napari_covid_attention.io import geometry
 AIR_HU = -1024
 
 
-class CTLoadError(ValueError):
+class CTLoadError(UserFacingError, ValueError):
     """A file that cannot be used as a chest CT; the message is one sentence for a user."""
 
 
