@@ -1,0 +1,223 @@
+"""Benchmark: DICOM series loading with ``load_ct`` against SimpleITK's ImageSeriesReader.
+
+The project's target is ``load_ct`` <= 0.5x the time of SimpleITK (GetGDCMSeriesFileNames +
+Execute + GetArrayFromImage) on the same files in the same run. Each reader runs in a fresh
+subprocess per dataset, so its peak RSS is its own: the first run there is "cold-ish" (fresh
+process, files in the page cache), then the best of ``--repeats`` runs is reported.
+
+    python benchmarks/bench_io.py [--slices 300] [--repeats 5] [--real PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REAL = ROOT.parent / "shared" / "data" / "chest-ct-dicom-lung-pet-ct-dx"
+
+
+# ----------------------------------------------------------------------- workers
+
+
+def _load_ours(folder: str) -> np.ndarray:
+    from napari_covid_attention.io.load import load_ct
+
+    return load_ct(folder).hu
+
+
+def _load_sitk(folder: str) -> np.ndarray:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(folder))
+    return sitk.GetArrayFromImage(reader.Execute())
+
+
+READERS = {"load_ct": _load_ours, "SimpleITK": _load_sitk}
+
+
+def _worker(reader: str, folder: str, repeats: int) -> None:
+    """Time one reader in this (fresh) process and print JSON: first, best, peak RSS."""
+    load = READERS[reader]
+    if reader == "SimpleITK":
+        import SimpleITK  # noqa: F401  (import cost is not load cost)
+    else:
+        import napari_covid_attention.io.dicom  # noqa: F401
+    baseline = _peak_rss_mb()
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        array = load(folder)
+        times.append(time.perf_counter() - start)
+        del array
+    result = {
+        "first": times[0],
+        "best": min(times[1:]),
+        "peak_mb": _peak_rss_mb(),
+        "baseline_mb": baseline,
+    }
+    print(json.dumps(result))
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process image: VmHWM (ru_maxrss would include the parent's peak,
+    since Linux keeps it across fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _run_worker(reader: str, folder: Path, repeats: int) -> dict:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            reader,
+            "--folder",
+            str(folder),
+            "--repeats",
+            str(repeats),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{reader} worker failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------- datasets
+
+
+def write_synthetic_series(folder: Path, slices: int, size: int = 512) -> Path:
+    """An uncompressed CT series with shuffled file names and InstanceNumbers."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(0)
+    body = rng.integers(900, 1200, size=(size, size), dtype=np.uint16)
+    yy, xx = np.mgrid[:size, :size]
+    body[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 > (0.45 * size) ** 2] = 24  # air
+    order = list(range(slices))
+    random.Random(1).shuffle(order)
+    series, study = generate_uid(), generate_uid()
+    for k in range(slices):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+        ds.Modality, ds.PatientName, ds.PatientID = "CT", "Bench^Synthetic", "0"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.InstanceNumber = order[k] + 1
+        ds.ImagePositionPatient = [-160.0, -160.0, 1.25 * k]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [0.625, 0.625], 1.25
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = (body + (k % 50)).astype(np.uint16).tobytes()
+        pydicom.dcmwrite(
+            folder / f"{random.Random(k).getrandbits(40):010x}.dcm", ds, enforce_file_format=True
+        )
+    return folder
+
+
+# ------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {usable} usable cores ({os.cpu_count()} logical), Python {platform.python_version()}"
+
+
+def same_values(folder: Path) -> bool:
+    """Both readers give the same HU (SimpleITK's padding below -1024 counted as air)."""
+    ours, theirs = _load_ours(str(folder)), _load_sitk(str(folder))
+    return ours.shape == theirs.shape and bool(np.array_equal(ours, np.maximum(theirs, -1024)))
+
+
+def bench(name: str, folder: Path, repeats: int) -> list[str]:
+    results = {reader: _run_worker(reader, folder, repeats) for reader in READERS}
+    ratio_best = results["load_ct"]["best"] / results["SimpleITK"]["best"]
+    ratio_first = results["load_ct"]["first"] / results["SimpleITK"]["first"]
+    rows = []
+    for reader, r in results.items():
+        rows.append(
+            f"{name:<24} {reader:<10} {r['first']:>9.3f} {r['best']:>9.3f} "
+            f"{r['peak_mb']:>9.0f} {r['peak_mb'] - r['baseline_mb']:>9.0f}"
+        )
+    rows.append(
+        f"{'':<24} {'ratio':<10} {ratio_first:>9.2f} {ratio_best:>9.2f}   "
+        f"(load_ct / SimpleITK; target <= 0.50; same values: {same_values(folder)})"
+    )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--slices", type=int, default=300, help="slices of the synthetic 512x512 series"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs after the first one")
+    parser.add_argument(
+        "--real", type=Path, default=DEFAULT_REAL, help="a real DICOM series folder"
+    )
+    parser.add_argument("--worker", choices=sorted(READERS), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.worker, args.folder, args.repeats)
+        return
+
+    print(f"machine: {machine()}")
+    print(
+        f"{'dataset':<24} {'reader':<10} {'first s':>9} {'best s':>9} {'peak MB':>9} {'+load MB':>9}"
+    )
+    if args.real.is_dir():
+        n = sum(1 for p in args.real.iterdir() if p.suffix == ".dcm")
+        print("\n".join(bench(f"real {n} slices", args.real, args.repeats)))
+    else:
+        print(f"(real series not found at {args.real}; skipped)")
+    with tempfile.TemporaryDirectory(prefix="bench-dicom-") as tmp:
+        start = time.perf_counter()
+        folder = write_synthetic_series(Path(tmp), args.slices)
+        print(f"(synthetic series written in {time.perf_counter() - start:.1f} s)")
+        print("\n".join(bench(f"synthetic {args.slices}x512x512", folder, args.repeats)))
+
+
+if __name__ == "__main__":
+    main()
