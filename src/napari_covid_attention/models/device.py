@@ -1,0 +1,82 @@
+"""Where models run: CUDA when present (mixed precision), Apple MPS, or the CPU."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+from napari_covid_attention.errors import UserFacingError
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """(device name, human description) pairs for pickers: auto, each CUDA GPU, MPS, CPU."""
+    devices = [("auto", f"auto ({describe(resolve_device('auto'))})")]
+    for index in range(torch.cuda.device_count()):
+        devices.append((f"cuda:{index}", describe(torch.device("cuda", index))))
+    if _mps_available():
+        devices.append(("mps", describe(torch.device("mps"))))
+    devices.append(("cpu", describe(torch.device("cpu"))))
+    return devices
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks the first CUDA GPU, then MPS, then the CPU."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", 0)
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserFacingError(f"{name!r} is not a device name (use auto, cpu, cuda:N or mps).") from exc
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserFacingError(f"{name} is not available on this machine; use auto or cpu.")
+    if device.type == "mps" and not _mps_available():
+        raise UserFacingError("Apple MPS is not available on this machine; use auto or cpu.")
+    return device
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{device}: {props.name} ({props.total_memory / 2**30:.0f} GB)"
+    if device.type == "mps":
+        return "mps: Apple GPU"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device) -> Iterator[None]:
+    """bf16 (or fp16) mixed precision on CUDA; full precision elsewhere."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        with torch.autocast("cuda", dtype=dtype):
+            yield
+    else:
+        yield
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA/MPS out-of-memory errors (the cue to fall back to the CPU)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def cpu_thread_count() -> int:
+    """Threads torch should use: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
