@@ -503,6 +503,49 @@ def test_broken_compressed_data_is_refused_in_one_sentence(tmp_path: Path) -> No
     assert "\n" not in str(error.value)
 
 
+def test_decoder_panic_is_refused_in_one_sentence(tmp_path: Path, monkeypatch) -> None:
+    """Rust decoders (pylibjpeg-rle) panic with a BaseException subclass on bad data."""
+    from pydicom.pixels.decoders.base import Decoder
+
+    class Panic(BaseException):
+        pass
+
+    def panic(*args, **kwargs):
+        raise Panic("index out of bounds: the len is 8192 but the index is 8193")
+
+    write_series(tmp_path, n=3, syntax=RLELossless)
+    monkeypatch.setattr(Decoder, "as_array", panic)
+    with pytest.raises(CTLoadError, match="could not be decoded: index out of bounds"):
+        load_ct(tmp_path)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless], ids=["native", "rle"])
+def test_damaged_copies_never_raise_anything_else(tmp_path: Path, syntax) -> None:
+    """Random byte damage to one file of a series: a volume or a one-sentence refusal."""
+    series = write_series(tmp_path / "clean", n=3, rows=16, cols=16, syntax=syntax)
+    pristine = [path.read_bytes() for path in series.files]
+    rng = np.random.default_rng(11)
+    for attempt in range(25):
+        folder = tmp_path / f"damaged{attempt}"
+        folder.mkdir()
+        victim = int(rng.integers(3))
+        for k, data in enumerate(pristine):
+            data = bytearray(data)
+            if k == victim:
+                for _ in range(int(rng.integers(1, 6))):
+                    data[int(rng.integers(len(data)))] = int(rng.integers(256))
+                if rng.random() < 0.3:
+                    del data[int(rng.integers(len(data))) :]
+            (folder / f"{k}.dcm").write_bytes(bytes(data))
+        for target in (folder, folder / f"{victim}.dcm"):
+            try:
+                volume = load_ct(target)
+            except CTLoadError as exc:
+                assert "\n" not in str(exc)
+            else:
+                assert np.isfinite(volume.hu).all()
+
+
 def test_unknown_transfer_syntax_is_refused(tmp_path: Path) -> None:
     series = write_series(tmp_path, n=3)
     for path in series.files:

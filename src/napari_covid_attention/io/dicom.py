@@ -1281,7 +1281,9 @@ def _decode_encapsulated(
             handle.seek(header.pixel_offset)
             try:
                 array, _ = decoder.as_array(handle, index=frame, **options)
-            except Exception as exc:  # plugins raise many types on broken codestreams
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # plugins raise many types; Rust ones (RLE) panic
                 raise CTLoadError(
                     f"{header.path.name} uses a compressed encoding ({name}) that could not "
                     f"be decoded: {_short(exc)}."
