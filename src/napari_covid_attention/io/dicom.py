@@ -208,11 +208,14 @@ class _FileHeader:
     pixel_length: int | None  # None for undefined length (encapsulated)
     padding: tuple[int, int] | None  # stored-value range that means "outside the scan"
     problem: str | None  # why the file is damaged, as the end of a sentence
+    header_complete: bool  # False: the file ends inside its header, so nothing is sure
     technical: dict[str, str]
 
     @property
     def frame_bytes(self) -> int:
-        return self.rows * self.columns * self.samples * self.bits_allocated // 8
+        """Bytes of one uncompressed frame (YBR_FULL_422 stores 2 samples per pixel)."""
+        samples = 2 if self.photometric == "YBR_FULL_422" else self.samples
+        return self.rows * self.columns * samples * self.bits_allocated // 8
 
 
 @dataclass(slots=True, eq=False)
@@ -779,6 +782,7 @@ def _parse(path: Path, raw: _RawHeader) -> tuple[_FileHeader, list[_Slice]]:
         pixel_length=raw.pixel_length,
         padding=_padding(raw, signed),
         problem=None,
+        header_complete=not raw.truncated,
         technical=_technical(raw),
     )
     if raw.truncated:
@@ -1006,10 +1010,15 @@ def _choose(scan: _Scan, key: str | None) -> SeriesInfo:
 
 
 def _file_refusal(header: _FileHeader) -> str | None:
-    """Why this file cannot be (part of) a CT scan, as a predicate; None if it can."""
-    if header.problem:
-        return f"is truncated or damaged: {header.problem}"
-    return _kind_refusal(header)
+    """Why this file cannot be (part of) a CT scan, as a predicate; None if it can.
+
+    What kind of object it is comes first (an MR image is refused as MR even if damaged),
+    unless the header itself is cut short, which makes its kind unreliable.
+    """
+    damage = f"is truncated or damaged: {header.problem}" if header.problem else None
+    if not header.header_complete:
+        return damage
+    return _kind_refusal(header) or damage
 
 
 def _kind_refusal(header: _FileHeader) -> str | None:
