@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_REAL = ROOT.parent / "shared" / "data" / "chest-ct-dicom-lung-pet-ct-dx"
+SHARED_DATA = Path(os.environ.get("COVID_ATTENTION_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DEFAULT_REAL = SHARED_DATA / "chest-ct-dicom-lung-pet-ct-dx"
 
 
 # ----------------------------------------------------------------------- workers
