@@ -279,23 +279,23 @@ def test_fast_header_walker_agrees_with_pydicom(
     """Every file the fast walker handles gives exactly the values pydicom reads."""
     import pydicom
 
-    from napari_covid_attention.io import dicom
+    from napari_covid_attention.io.dicom import headers
 
     paths = [*odd_corpus_dir.rglob("*"), *chest_series_dir.iterdir()]
     walked = 0
     for path in (p for p in paths if p.is_file()):
         with open(path, "rb") as handle:
-            window = dicom._Window(handle, os.fstat(handle.fileno()).st_size)
-            if not dicom._looks_like_dicom(window.get(0, min(window.size, 1024))):
+            window = headers._Window(handle, os.fstat(handle.fileno()).st_size)
+            if not headers._looks_like_dicom(window.get(0, min(window.size, 1024))):
                 continue
             try:
-                fast = dicom._walk_header(window)
-            except dicom._Fallback:
+                fast = headers._walk_header(window)
+            except headers._Fallback:
                 continue
             handle.seek(0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                slow = dicom._from_dataset(
+                slow = headers._from_dataset(
                     pydicom.dcmread(handle, defer_size=4096, force=True), window.size
                 )
         walked += 1
