@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from napari_covid_attention._layer_data import LayerData, ct_layer_data
-from napari_covid_attention.data.synthetic import generate_phantom
+from napari_covid_attention.data.synthetic import SAMPLE_SHAPE, generate_phantom
 
 # Fixed seeds: every user and every test sees the same sample scans.
-SAMPLE_SEEDS = {"COVID-19": 20200409, "CAP": 20200410}
-SAMPLE_SHAPE = (120, 256, 256)
+SAMPLE_SEEDS = {"COVID-19": 20200422, "CAP": 20200410}
 
 
 def sample_phantom(label: str):

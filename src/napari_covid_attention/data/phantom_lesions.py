@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
+from napari_covid_attention.classes import CAP, COVID, LESION_TYPES
 from napari_covid_attention.data.phantom_anatomy import (
     LEFT_LUNG,
     RIGHT_LUNG,
@@ -33,8 +34,6 @@ from napari_covid_attention.data.phantom_anatomy import (
     smooth_noise,
 )
 
-COVID, CAP = "COVID-19", "CAP"
-LESION_TYPES = ("ground_glass", "consolidation", "crazy_paving", "air_bronchogram", "septal_thickening")
 
 # Ground glass fainter than this is drawn only as the background of a reticular lesion.
 FAINTEST_GGO_HU = -730.0

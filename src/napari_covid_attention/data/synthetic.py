@@ -23,17 +23,11 @@ import numpy as np
 from scipy import ndimage
 
 from napari_covid_attention.data.phantom_anatomy import HU_PADDING, Grid, build_anatomy, sample_plan
-from napari_covid_attention.data.phantom_lesions import (
-    CAP,
-    COVID,
-    LESION_TYPES,
-    draw_infection,
-    sample_infection_fraction,
-)
+from napari_covid_attention.classes import CAP, CLASS_NAMES, COVID, LESION_TYPES
+from napari_covid_attention.data.phantom_lesions import draw_infection, sample_infection_fraction
 from napari_covid_attention.io.nifti import save_nifti
 from napari_covid_attention.io.volume import CTVolume, hu_array
 
-CLASS_NAMES = (COVID, CAP)  # label index 0 = COVID-19, 1 = CAP
 DEFAULT_SHAPE = (96, 192, 192)
 SAMPLE_SHAPE = (120, 256, 256)  # the napari sample data
 TRAINING_SHAPE = (64, 128, 128)  # the demo model's data sets

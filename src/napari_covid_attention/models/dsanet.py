@@ -16,8 +16,8 @@ import torch
 from monai.networks.nets import ResNet
 from torch import nn
 
-# The optional auxiliary head's outputs: CT signs of pneumonia (LA-DNN, seed 003).
-LESION_TYPES = ("ground_glass", "consolidation", "crazy_paving", "air_bronchogram", "septal_thickening")
+from napari_covid_attention.classes import LESION_TYPES
+
 
 
 @dataclass(frozen=True)
