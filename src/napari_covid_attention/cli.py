@@ -39,9 +39,119 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=progress,
         )
+    except ValueError as exc:  # bad arguments or a folder that already holds a dataset
+        raise UserFacingError(str(exc)) from exc
     finally:
         close()
     print(f"wrote {args.n} synthetic scans; manifest: {manifest}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from napari_covid_attention.models.bundle import DEMO_LABEL
+    from napari_covid_attention.models.dsanet import DSANetConfig
+    from napari_covid_attention.models.segmenter import SegmenterConfig
+    from napari_covid_attention.preprocess.pipeline import PreprocessConfig
+    from napari_covid_attention.training.losses import LossConfig
+    from napari_covid_attention.training.trainer import TrainConfig, cross_validate, train_bundle
+
+    config = TrainConfig(
+        train_manifest=args.train,
+        val_manifest=args.val,
+        val_fraction=args.val_fraction,
+        out=args.out,
+        name=args.name,
+        version=args.version,
+        label=DEMO_LABEL if args.demo else args.label,
+        preprocessing=PreprocessConfig(
+            classifier_shape=tuple(args.classifier_shape),
+            segmenter_spacing_mm=tuple(args.segmenter_spacing),
+            segmenter_roi=tuple(args.segmenter_roi),
+            segmenter_patch=tuple(args.segmenter_patch),
+        ),
+        classifier=DSANetConfig(layers=tuple(args.layers), widths=tuple(args.widths), lesion_head=args.lesion_head),
+        segmenter=SegmenterConfig(channels=tuple(args.segmenter_channels), strides=(2,) * (len(args.segmenter_channels) - 1)),
+        loss=LossConfig(attention_weight=args.attention_weight, attention_kind=args.attention_loss, classification=args.loss),
+        sampling=args.sampling,
+        q=args.q,
+        epochs=args.epochs,
+        segmenter_epochs=args.segmenter_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+        cache_dir=args.cache_dir,
+        command="napari-covid-attention " + " ".join(args.argv),
+    )
+    run = cross_validate(config, args.folds) if args.folds else train_bundle(config)
+    result = _drive(run)
+    if result is not None:
+        print(f"saved: {result}")
+    return 0
+
+
+def _drive(run):
+    """Consume a training generator, drawing one tqdm bar per phase; returns its result."""
+    from tqdm import tqdm
+
+    bar, phase = None, None
+    try:
+        while True:
+            try:
+                event = next(run)
+            except StopIteration as done:
+                return done.value
+            if event.phase != phase:
+                if bar is not None:
+                    bar.close()
+                phase = event.phase
+                bar = tqdm(total=event.total, desc=phase, dynamic_ncols=True)
+            bar.total = event.total
+            bar.n = event.step
+            if event.metrics:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()}, refresh=False)
+            bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_covid_attention.models.bundle import load_bundle
+    from napari_covid_attention.models.registry import resolve_bundle
+    from napari_covid_attention.training.evaluate import evaluate_bundle
+
+    bundle = load_bundle(resolve_bundle(args.bundle))
+    progress, close = _tqdm_progress("evaluating")
+    run = evaluate_bundle(bundle, args.manifest, args.out, device=args.device, n_bootstrap=args.bootstrap)
+    try:
+        while True:
+            try:
+                progress(*next(run))
+            except StopIteration as done:
+                report = done.value
+                break
+    finally:
+        close()
+    overall = report["overall"]["ensemble"]["metrics"]
+    print(
+        f"AUC {overall['auc']:.3f}  accuracy {overall['accuracy']:.3f}  sensitivity {overall['sensitivity']:.3f}  "
+        f"specificity {overall['specificity']:.3f}  macro-F1 {overall['macro_f1']:.3f}"
+    )
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from napari_covid_attention.batch import diagnose_many
+
+    progress, close = _tqdm_progress("diagnosing")
+    try:
+        table = diagnose_many(args.inputs, args.out, bundle=args.bundle, device=args.device, write_maps=not args.no_maps, progress=progress)
+    finally:
+        close()
+    print(f"results: {table}")
     return 0
 
 
@@ -71,6 +181,55 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for --headless output")
     demo.set_defaults(func=_cmd_demo)
 
+    diag = sub.add_parser("diagnose", help="diagnose scans (files, DICOM folders or a CSV of paths) and write results")
+    diag.add_argument("inputs", nargs="+", type=Path, help="NIfTI files, DICOM folders/files, or CSV files with an 'image' column")
+    diag.add_argument("--out", type=Path, default=Path("diagnosis-output"), help="output folder (never beside the inputs)")
+    diag.add_argument("--bundle", default=None, help="bundle folder or name (default: the built-in demo)")
+    diag.add_argument("--device", default="auto", help="auto, cpu, cuda:N or mps")
+    diag.add_argument("--no-maps", action="store_true", help="write only the results CSV, no NIfTI maps and masks")
+    diag.set_defaults(func=_cmd_diagnose)
+
+    train = sub.add_parser("train", help="train a bundle (dual sampling, attention loss, segmenter, ensemble)")
+    train.add_argument("--train", type=Path, required=True, help="training manifest CSV")
+    train.add_argument("--val", type=Path, default=None, help="validation manifest (default: hold out --val-fraction)")
+    train.add_argument("--val-fraction", type=float, default=0.2)
+    train.add_argument("--out", type=Path, required=True, help="new bundle folder (must not exist)")
+    train.add_argument("--folds", type=int, default=None, help="k-fold cross-validation: k bundles + cv.json in --out")
+    train.add_argument("--name", default="dsa-net")
+    train.add_argument("--version", default="1.0.0")
+    train.add_argument("--label", default="research model, not for clinical use", help="note shown with every result")
+    train.add_argument("--demo", action="store_true", help="label the bundle as the synthetic-data demo model")
+    train.add_argument("--sampling", choices=("uniform", "size_balanced", "dual"), default="dual")
+    train.add_argument("--q", type=float, default=0.0, help="size-balanced exponent: p_j ~ n_j^q (0 = groups equal)")
+    train.add_argument("--loss", choices=("ce", "class_balanced"), default="ce")
+    train.add_argument("--attention-weight", type=float, default=1.0, help="lambda of the attention loss")
+    train.add_argument("--attention-loss", choices=("mse", "dice"), default="mse")
+    train.add_argument("--lesion-head", action="store_true", help="also predict the five lesion types")
+    train.add_argument("--classifier-shape", type=int, nargs=3, default=(48, 96, 128), metavar=("Z", "Y", "X"))
+    train.add_argument("--segmenter-spacing", type=float, nargs=3, default=(4.0, 2.0, 2.0), metavar=("Z", "Y", "X"), help="segmenter voxel size in mm")
+    train.add_argument("--segmenter-roi", type=int, nargs=3, default=(80, 160, 208), metavar=("Z", "Y", "X"), help="inference window")
+    train.add_argument("--segmenter-patch", type=int, nargs=3, default=(48, 96, 128), metavar=("Z", "Y", "X"), help="training crop")
+    train.add_argument("--layers", type=int, nargs=4, default=(1, 1, 1, 1), help="ResNet blocks per stage (3 4 6 3 = ResNet-34)")
+    train.add_argument("--widths", type=int, nargs=4, default=(16, 32, 64, 128), help="channels per stage")
+    train.add_argument("--segmenter-channels", type=int, nargs="+", default=(8, 16, 32, 64))
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--segmenter-epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--workers", type=int, default=2, help="preprocessing processes")
+    train.add_argument("--cache-dir", type=Path, default=None, help="preprocessing cache (default: beside --out)")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a bundle on a manifest: metrics, ROC, ablation, localization")
+    evaluate.add_argument("--manifest", type=Path, required=True)
+    evaluate.add_argument("--out", type=Path, required=True, help="report folder")
+    evaluate.add_argument("--bundle", default=None, help="bundle folder or name (default: the built-in demo)")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
     synth = sub.add_parser("synth", help="write a synthetic chest CT dataset (NIfTI + manifest.csv)")
     synth.add_argument("--n", type=int, required=True, help="number of scans")
     synth.add_argument("--out", type=Path, required=True, help="output folder")
@@ -85,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded in bundle provenance
     try:
         return int(args.func(args))
     except UserFacingError as exc:

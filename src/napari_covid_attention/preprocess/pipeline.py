@@ -24,13 +24,16 @@ class PreprocessConfig:
 
     ``classifier_shape`` is a fixed (z, y, x) grid the lung box is resized to (every
     scan gives the classifier the same field of view: both lungs). The segmenter works at
-    a fixed voxel size instead, so lesions keep their physical size, with a sliding window
-    of ``segmenter_roi`` over scans larger than that.
+    a fixed voxel size instead, so lesions keep their physical size. It trains on
+    ``segmenter_patch`` crops and infers with a window of ``segmenter_roi``, large enough
+    that an adult chest's lung box (up to ~320 x 320 x 410 mm) takes a single window
+    (a sliding window costs several times more on a CPU).
     """
 
     classifier_shape: tuple[int, int, int] = (48, 96, 128)
     segmenter_spacing_mm: tuple[float, float, float] = (4.0, 2.0, 2.0)
-    segmenter_roi: tuple[int, int, int] = (48, 96, 128)
+    segmenter_roi: tuple[int, int, int] = (80, 160, 208)
+    segmenter_patch: tuple[int, int, int] = (48, 96, 128)
     hu_window: tuple[float, float] = (-1000.0, 500.0)
     margin_mm: float = 10.0
 

@@ -1,0 +1,319 @@
+"""Training data: CSV manifests, preprocessing cached on disk, and torch datasets.
+
+A manifest is a CSV with ``image,label`` and optionally ``infection_mask``,
+``lung_mask``, the five lesion flags and ``infection_fraction``; paths are relative to
+the CSV (DESIGN.md section 4). Each scan is preprocessed once (lung box, classifier and
+segmenter grids) and cached as ``.npz`` without pickle, keyed by the file's identity and
+the preprocessing settings, so repeated training runs skip the slow part.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SpatialPadd,
+)
+from torch.utils.data import Dataset
+
+from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.io.load import load_ct
+from napari_covid_attention.io.volume import CTVolume
+from napari_covid_attention.classes import CLASS_NAMES, LESION_TYPES
+from napari_covid_attention.preprocess.lung import lung_mask as compute_lung_mask
+from napari_covid_attention.preprocess.pipeline import (
+    PreprocessConfig,
+    fixed_shape_grid,
+    fixed_spacing_grid,
+    lung_box,
+    normalize_hu,
+    resample_to_grid,
+)
+
+_CACHE_FORMAT = 1
+
+
+class ManifestError(UserFacingError):
+    """A manifest that cannot be used for training or evaluation."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of a manifest, with absolute paths."""
+
+    image: Path
+    label: int
+    infection_mask: Path | None = None
+    lung_mask: Path | None = None
+    lesion_flags: tuple[float, ...] | None = None
+    row: int = 0
+
+
+@dataclass
+class PreparedCase:
+    """A case on the network grids (float16 images keep the in-memory cache small)."""
+
+    cls_image: np.ndarray
+    cls_infection: np.ndarray  # infected fraction per classifier-grid voxel
+    seg_image: np.ndarray
+    seg_infection: np.ndarray  # uint8 on the segmenter grid
+    label: int
+    has_mask: bool
+    infection_fraction: float  # infection / lung volume; NaN without a mask
+    lesion_flags: np.ndarray | None
+
+
+def read_manifest(path: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES) -> list[Case]:
+    """Rows of a manifest CSV as :class:`Case` objects, checked for missing files/labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"Manifest {path} does not exist.")
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or ())
+        if not {"image", "label"} <= columns:
+            raise ManifestError(f"Manifest {path.name} needs the columns image and label (has: {', '.join(sorted(columns)) or 'none'}).")
+        rows = list(reader)
+    if not rows:
+        raise ManifestError(f"Manifest {path.name} has no rows.")
+    base = path.parent
+    cases = []
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        label = row["label"].strip()
+        if label not in class_names:
+            raise ManifestError(f"{path.name} row {number}: unknown label {label!r} (expected one of {', '.join(class_names)}).")
+        flags = None
+        if all(t in columns for t in LESION_TYPES) and all(row[t].strip() != "" for t in LESION_TYPES):
+            flags = tuple(float(row[t]) for t in LESION_TYPES)
+        cases.append(
+            Case(
+                image=_existing(base, row["image"], path.name, number),
+                label=class_names.index(label),
+                infection_mask=_optional(base, row.get("infection_mask"), path.name, number),
+                lung_mask=_optional(base, row.get("lung_mask"), path.name, number),
+                lesion_flags=flags,
+                row=number,
+            )
+        )
+    return cases
+
+
+def manifest_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def prepare_case(case: Case, config: PreprocessConfig) -> PreparedCase:
+    """Load one case and put image and masks on the classifier and segmenter grids."""
+    volume = load_ct(case.image)
+    lungs = _mask_like(case.lung_mask, volume) if case.lung_mask else compute_lung_mask(volume.hu, volume.spacing_mm)
+    infection = _mask_like(case.infection_mask, volume) if case.infection_mask else None
+    box = lung_box(lungs, volume.affine, config.margin_mm)
+    cls_grid = fixed_shape_grid(box, config.classifier_shape, volume.affine)
+    seg_grid = fixed_spacing_grid(box, config.segmenter_spacing_mm, volume.affine)
+    has_mask = infection is not None
+    inf = infection.astype(np.float32) if has_mask else np.zeros(volume.shape, np.float32)
+    lung_voxels = int(np.count_nonzero(lungs))
+    return PreparedCase(
+        cls_image=normalize_hu(resample_to_grid(volume.hu, cls_grid), config.hu_window).astype(np.float16),
+        cls_infection=resample_to_grid(inf, cls_grid, fill=0.0).astype(np.float16),
+        seg_image=normalize_hu(resample_to_grid(volume.hu, seg_grid), config.hu_window).astype(np.float16),
+        seg_infection=(resample_to_grid(inf, seg_grid, fill=0.0) >= 0.5).astype(np.uint8),
+        label=case.label,
+        has_mask=has_mask,
+        infection_fraction=float(np.count_nonzero(inf) / lung_voxels) if has_mask and lung_voxels else float("nan"),
+        lesion_flags=None if case.lesion_flags is None else np.asarray(case.lesion_flags, dtype=np.float32),
+    )
+
+
+def prepare_cases(
+    cases: Sequence[Case],
+    config: PreprocessConfig,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[PreparedCase]:
+    """Prepare many cases (in ``workers`` processes), reading and filling the cache."""
+    cache = Path(cache_dir) if cache_dir else None
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+    keys = [_cache_key(c, config) for c in cases]
+    results: list[PreparedCase | None] = [None] * len(cases)
+    todo = []
+    for i, key in enumerate(keys):
+        cached = _read_cache(cache / f"{key}.npz") if cache else None
+        if cached is not None:
+            results[i] = cached
+        else:
+            todo.append(i)
+    done = len(cases) - len(todo)
+    if progress:
+        progress(done, len(cases))
+    if todo:
+        if workers > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                prepared_iter = pool.map(prepare_case, [cases[i] for i in todo], [config] * len(todo), chunksize=1)
+                for i, prepared in zip(todo, prepared_iter, strict=True):
+                    done = _store(results, i, prepared, cache, keys, progress, done, len(cases))
+        else:
+            for i in todo:
+                done = _store(results, i, prepare_case(cases[i], config), cache, keys, progress, done, len(cases))
+    return results  # type: ignore[return-value]
+
+
+class ClassifierDataset(Dataset):
+    """Classifier inputs with label, infection target, lesion flags; light augmentation."""
+
+    def __init__(self, cases: Sequence[PreparedCase], augment: bool = False, seed: int = 0) -> None:
+        self.cases = cases
+        self.transform = None
+        if augment:
+            self.transform = Compose(
+                [
+                    RandFlipd(keys=["image", "infection"], prob=0.5, spatial_axis=2),
+                    RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+                    RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+                ]
+            ).set_random_state(seed)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        case = self.cases[index]
+        item = {
+            "image": torch.from_numpy(case.cls_image.astype(np.float32))[None],
+            "infection": torch.from_numpy(case.cls_infection.astype(np.float32))[None],
+        }
+        if self.transform is not None:
+            item = self.transform(item)
+        flags = case.lesion_flags if case.lesion_flags is not None else np.zeros(len(LESION_TYPES), np.float32)
+        return {
+            "image": torch.as_tensor(item["image"]).float(),
+            "infection": torch.as_tensor(item["infection"]).float(),
+            "label": torch.tensor(case.label, dtype=torch.long),
+            "has_mask": torch.tensor(case.has_mask),
+            "lesion_flags": torch.from_numpy(flags),
+            "has_flags": torch.tensor(case.lesion_flags is not None),
+        }
+
+
+class SegmenterDataset(Dataset):
+    """Random crops of ``roi`` from the segmenter grid, half centred on infection."""
+
+    def __init__(self, cases: Sequence[PreparedCase], roi: Sequence[int], seed: int = 0) -> None:
+        self.cases = [c for c in cases if c.has_mask]
+        if not self.cases:
+            raise ManifestError("Training the infection segmenter needs cases with infection masks.")
+        self.transform = Compose(
+            [
+                SpatialPadd(keys=["image", "label"], spatial_size=tuple(roi)),
+                RandCropByPosNegLabeld(
+                    keys=["image", "label"], label_key="label", spatial_size=tuple(roi), pos=1, neg=1, num_samples=1
+                ),
+                RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2),
+                RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            ]
+        ).set_random_state(seed)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        case = self.cases[index]
+        item = {
+            "image": torch.from_numpy(case.seg_image.astype(np.float32))[None],
+            "label": torch.from_numpy(case.seg_infection.astype(np.float32))[None],
+        }
+        crop = self.transform(item)[0]
+        return {"image": torch.as_tensor(crop["image"]).float(), "label": torch.as_tensor(crop["label"]).float()}
+
+
+def _existing(base: Path, value: str, manifest: str, row: int) -> Path:
+    path = (base / value.strip()).resolve()
+    if not path.exists():
+        raise ManifestError(f"{manifest} row {row}: {value.strip()} does not exist.")
+    return path
+
+
+def _optional(base: Path, value: str | None, manifest: str, row: int) -> Path | None:
+    if value is None or not value.strip():
+        return None
+    return _existing(base, value, manifest, row)
+
+
+def _mask_like(path: Path, volume: CTVolume) -> np.ndarray:
+    """A mask file on the scan's grid (same shape and geometry after canonical reorientation)."""
+    mask = load_ct(path)
+    if mask.shape != volume.shape or not np.allclose(mask.affine, volume.affine, atol=1e-3):
+        raise ManifestError(f"{path.name} is not on the same voxel grid as its scan.")
+    return np.asarray(mask.hu > 0, dtype=np.uint8) if mask.hu.max() <= 1 else np.asarray(mask.hu, dtype=np.uint8)
+
+
+def _cache_key(case: Case, config: PreprocessConfig) -> str:
+    parts = [json.dumps(config.to_dict(), sort_keys=True), str(_CACHE_FORMAT), str(case.label), str(case.lesion_flags)]
+    for path in (case.image, case.infection_mask, case.lung_mask):
+        if path is not None:
+            stat = path.stat()
+            parts.append(f"{path}|{stat.st_size}|{stat.st_mtime_ns}")
+        else:
+            parts.append("-")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _write_cache(path: Path, case: PreparedCase) -> None:
+    arrays = {
+        "cls_image": case.cls_image,
+        "cls_infection": case.cls_infection,
+        "seg_image": case.seg_image,
+        "seg_infection": case.seg_infection,
+        "scalars": np.array([case.label, float(case.has_mask), case.infection_fraction], dtype=np.float64),
+    }
+    if case.lesion_flags is not None:
+        arrays["lesion_flags"] = case.lesion_flags
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _read_cache(path: Path) -> PreparedCase | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            label, has_mask, fraction = data["scalars"]
+            return PreparedCase(
+                cls_image=data["cls_image"],
+                cls_infection=data["cls_infection"],
+                seg_image=data["seg_image"],
+                seg_infection=data["seg_infection"],
+                label=int(label),
+                has_mask=bool(has_mask),
+                infection_fraction=float(fraction),
+                lesion_flags=data["lesion_flags"] if "lesion_flags" in data else None,
+            )
+    except (OSError, KeyError, ValueError):
+        return None  # a damaged cache entry is simply rebuilt
+
+
+def _store(results, index, prepared, cache, keys, progress, done, total) -> int:
+    results[index] = prepared
+    if cache:
+        _write_cache(cache / f"{keys[index]}.npz", prepared)
+    done += 1
+    if progress:
+        progress(done, total)
+    return done

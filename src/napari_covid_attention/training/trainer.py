@@ -1,0 +1,510 @@
+"""Train a model bundle: dual-sampling classifiers, the infection segmenter, the ensemble.
+
+One code path for a single process and for ``torchrun --nproc_per_node N`` (it reads
+the ``RANK`` / ``WORLD_SIZE`` variables torchrun sets and wraps the models in
+DistributedDataParallel; every rank draws its share of the same weighted stream). The
+work is a generator of :class:`TrainEvent` so the CLI can draw progress bars and the GUI
+can show progress and cancel between steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from monai.losses import DiceCELoss
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from napari_covid_attention import __version__
+from napari_covid_attention.classes import CLASS_NAMES
+from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.models.bundle import Member, save_bundle
+from napari_covid_attention.models.device import autocast, resolve_device
+from napari_covid_attention.models.dsanet import DSANet, DSANetConfig, DSAOutput
+from napari_covid_attention.models.segmenter import SegmenterConfig, build_segmenter, infection_probability
+from napari_covid_attention.preprocess.pipeline import PreprocessConfig
+from napari_covid_attention.training.datasets import (
+    ClassifierDataset,
+    PreparedCase,
+    SegmenterDataset,
+    manifest_sha256,
+    prepare_cases,
+    read_manifest,
+)
+from napari_covid_attention.training.losses import DSALoss, LossConfig
+from napari_covid_attention.training.metrics import roc_auc
+from napari_covid_attention.training.sampling import (
+    DEFAULT_SIZE_BIN_EDGES,
+    WeightedStreamSampler,
+    group_ids,
+    sample_weights,
+    size_bins,
+)
+
+SAMPLING_Q = {"uniform": 1.0}  # size_balanced uses TrainConfig.q
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; recorded in the bundle's provenance."""
+
+    train_manifest: Path
+    out: Path
+    val_manifest: Path | None = None
+    val_fraction: float = 0.2
+    name: str = "dsa-net"
+    version: str = "1.0.0"
+    label: str = "research model, not for clinical use"
+    class_names: tuple[str, ...] = CLASS_NAMES
+    preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
+    classifier: DSANetConfig = field(default_factory=DSANetConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampling: str = "dual"  # uniform | size_balanced | dual
+    q: float = 0.0
+    size_bin_edges: tuple[float, ...] = DEFAULT_SIZE_BIN_EDGES
+    epochs: int = 20
+    segmenter_epochs: int = 20
+    batch_size: int = 8
+    segmenter_batch_size: int = 2
+    lr: float = 1e-3
+    segmenter_lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2  # preprocessing processes
+    cache_dir: Path | None = None
+    command: str = ""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for key in ("train_manifest", "out", "val_manifest", "cache_dir"):
+            data[key] = None if data[key] is None else str(data[key])
+        return data
+
+
+@dataclass
+class TrainEvent:
+    """Progress of a run: ``phase`` is prepare | classifier:<member> | segmenter | ensemble | done."""
+
+    phase: str
+    step: int
+    total: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def train_bundle(config: TrainConfig) -> Generator[TrainEvent, None, Path | None]:
+    """Train and save a bundle; yields progress. Returns the bundle path (rank 0) or None."""
+    env = _init_distributed(config.device)
+    try:
+        return (yield from _train(config, env))
+    finally:
+        if env.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None, Path | None]:
+    started = time.time()
+    device = torch.device("cuda", env.local_rank) if env.world_size > 1 and torch.cuda.is_available() else resolve_device(config.device)
+    if config.out.exists() and env.is_main:
+        raise UserFacingError(f"{config.out} already exists; choose a new bundle folder.")
+    torch.manual_seed(config.seed)
+
+    train_cases, val_cases = yield from _prepare(config, env)
+    groups = _groups(train_cases, config)
+
+    members: list[Member] = []
+    member_val_probs: dict[str, np.ndarray] = {}
+    history: dict[str, list] = {}
+    for name in _member_kinds(config.sampling):
+        q = SAMPLING_Q.get(name, config.q)
+        model, val_probs, member_history = yield from _fit_classifier(
+            name, sample_weights(groups, q), train_cases, val_cases, config, device, env
+        )
+        members.append(Member(name=name, sampling=name, weight=0.0, model=model.cpu()))
+        member_val_probs[name] = val_probs
+        history[name] = member_history
+
+    segmenter, seg_history = yield from _fit_segmenter(train_cases, val_cases, config, device, env)
+    history["segmenter"] = seg_history
+
+    if not env.is_main:
+        return None
+    val_labels = np.array([c.label for c in val_cases])
+    weights, ensemble_auc = choose_ensemble_weights(
+        [member_val_probs[m.name] for m in members], val_labels
+    )
+    for member, weight in zip(members, weights, strict=True):
+        member.weight = float(weight)
+    yield TrainEvent("ensemble", 1, 1, {"val_auc": ensemble_auc})
+
+    metrics = {
+        "validation": {
+            "n_cases": len(val_cases),
+            "ensemble_auc": ensemble_auc,
+            **{f"{n}_auc": _auc(p, val_labels) for n, p in member_val_probs.items()},
+            "segmenter_dice": seg_history[-1]["val_dice"] if seg_history else float("nan"),
+        }
+    }
+    training = {
+        "train_manifest_sha256": manifest_sha256(config.train_manifest),
+        "val_manifest_sha256": manifest_sha256(config.val_manifest) if config.val_manifest else None,
+        "n_train": len(train_cases),
+        "n_val": len(val_cases),
+        "command": config.command or " ".join(sys.argv),
+        "code_version": _code_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "world_size": env.world_size,
+        "seconds": round(time.time() - started, 1),
+        "config": config.to_dict(),
+        "history": history,
+    }
+    path = save_bundle(
+        config.out,
+        name=config.name,
+        version=config.version,
+        label=config.label,
+        class_names=config.class_names,
+        preprocessing=config.preprocessing,
+        members=members,
+        segmenter=segmenter.cpu(),
+        segmenter_config=config.segmenter,
+        metrics=metrics,
+        training=training,
+    )
+    yield TrainEvent("done", 1, 1, metrics["validation"])
+    return path
+
+
+def choose_ensemble_weights(member_probs: Sequence[np.ndarray], labels: np.ndarray, steps: int = 21) -> tuple[list[float], float]:
+    """Ensemble weights chosen on validation (the paper's weighted average).
+
+    For two members, the weight of the second is searched on a grid for the highest AUC
+    (ties: the weight closest to an even split, which generalises best). One member
+    gets weight 1. Probabilities are P(class 0) per case.
+    """
+    if len(member_probs) == 1:
+        return [1.0], _auc(member_probs[0], labels)
+    if len(member_probs) != 2:
+        raise ValueError("ensembles of two members are supported")
+    best = (-1.0, 0.0, 0.5)
+    for w in np.linspace(0.0, 1.0, steps):
+        auc = _auc((1 - w) * member_probs[0] + w * member_probs[1], labels)
+        key = (round(auc, 6), -abs(w - 0.5))
+        if key > (round(best[0], 6), -abs(best[2] - 0.5)):
+            best = (auc, 0.0, float(w))
+    w = round(best[2], 4)
+    return [1.0 - w, w], best[0]
+
+
+def _member_kinds(sampling: str) -> list[str]:
+    kinds = {"uniform": ["uniform"], "size_balanced": ["size_balanced"], "dual": ["uniform", "size_balanced"]}
+    if sampling not in kinds:
+        raise UserFacingError(f"Unknown sampling {sampling!r}; choose uniform, size_balanced or dual.")
+    return kinds[sampling]
+
+
+def _prepare(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None, tuple[list[PreparedCase], list[PreparedCase]]]:
+    """Read manifests, split off validation, preprocess (rank 0 fills the cache first)."""
+    cases = read_manifest(config.train_manifest, config.class_names)
+    if config.val_manifest:
+        train, val = cases, read_manifest(config.val_manifest, config.class_names)
+    else:
+        train, val = stratified_split(cases, config.val_fraction, config.seed)
+    cache = config.cache_dir or config.out.parent / ".preprocessing-cache"
+    total = len(train) + len(val)
+    events: list[TrainEvent] = []
+
+    def progress(done: int, _total: int) -> None:
+        events.append(TrainEvent("prepare", done, total))
+
+    prepared: list[PreparedCase] = []
+    if env.is_main:
+        prepared = prepare_cases(train + val, config.preprocessing, cache, config.workers, progress)
+        yield from events
+    env.barrier()
+    if not env.is_main:  # other ranks read what rank 0 cached
+        prepared = prepare_cases(train + val, config.preprocessing, cache, 1)
+    return prepared[: len(train)], prepared[len(train) :]
+
+
+def stratified_split(cases: Sequence, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out ``fraction`` of each class for validation (deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    labels = sorted({c.label for c in cases})
+    for label in labels:
+        members = [c for c in cases if c.label == label]
+        order = rng.permutation(len(members))
+        n_val = max(1, int(round(fraction * len(members)))) if len(members) > 1 else 0
+        val += [members[i] for i in order[:n_val]]
+        train += [members[i] for i in order[n_val:]]
+    if not val:
+        raise UserFacingError("Not enough cases to hold out a validation set; add cases or pass a validation manifest.")
+    return train, val
+
+
+def _groups(cases: Sequence[PreparedCase], config: TrainConfig) -> np.ndarray:
+    fractions = np.array([c.infection_fraction for c in cases])
+    if config.sampling != "uniform" and np.isnan(fractions).any():
+        raise UserFacingError(
+            "Size-balanced sampling needs every training case's infection mask (its size defines the groups); "
+            "use --sampling uniform or add infection masks."
+        )
+    bins = size_bins(np.nan_to_num(fractions), config.size_bin_edges)
+    return group_ids([c.label for c in cases], bins)
+
+
+def _fit_classifier(
+    name: str,
+    weights: np.ndarray,
+    train: Sequence[PreparedCase],
+    val: Sequence[PreparedCase],
+    config: TrainConfig,
+    device: torch.device,
+    env: _Distributed,
+) -> Generator[TrainEvent, None, tuple[DSANet, np.ndarray, list]]:
+    """Train one member; keeps the epoch with the best validation AUC (then loss)."""
+    torch.manual_seed(config.seed + 1000 * (1 + _member_kinds("dual").index(name)))
+    model = DSANet(config.classifier).to(device)
+    ddp = DistributedDataParallel(model) if env.world_size > 1 else model
+    sampler = WeightedStreamSampler(weights, len(train), seed=config.seed, rank=env.rank, world_size=env.world_size)
+    loader = DataLoader(ClassifierDataset(train, augment=True, seed=config.seed + env.rank), batch_size=config.batch_size, sampler=sampler)
+    counts = np.bincount([c.label for c in train], minlength=len(config.class_names))
+    criterion = DSALoss(config.loss, class_counts=counts).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, len(loader))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
+    best: tuple[tuple[float, float], dict, np.ndarray] | None = None
+    history = []
+    total_steps = config.epochs * steps_per_epoch
+    for epoch in range(config.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        for step, batch in enumerate(loader):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                logits, attention, lesion = ddp(batch["image"], return_all=True)
+            loss, parts = criterion(DSAOutput(logits, attention, lesion), batch)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            yield TrainEvent(f"classifier:{name}", epoch * steps_per_epoch + step + 1, total_steps, {"loss": parts["total"]})
+        env.barrier()
+        if env.is_main:
+            probs = predict_probabilities(model, val, device)
+            labels = np.array([c.label for c in val])
+            auc, nll = _auc(probs, labels), _nll(probs, labels)
+            record = {"epoch": epoch + 1, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}, "val_auc": auc, "val_nll": nll}
+            history.append(record)
+            key = (round(auc, 4), -nll)
+            if best is None or key > best[0]:
+                best = (key, copy.deepcopy(model.state_dict()), probs)
+            yield TrainEvent(f"classifier:{name}", (epoch + 1) * steps_per_epoch, total_steps, {"val_auc": auc, "val_nll": nll})
+        env.barrier()
+    if best is not None:
+        model.load_state_dict(best[1])
+        return model.eval(), best[2], history
+    return model.eval(), np.zeros(0), history
+
+
+def predict_probabilities(model: DSANet, cases: Sequence[PreparedCase], device: torch.device, batch_size: int = 8) -> np.ndarray:
+    """P(class 0) of each prepared case (the classifier alone, no explanation)."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(cases), batch_size):
+            images = torch.stack([torch.from_numpy(c.cls_image.astype(np.float32))[None] for c in cases[start : start + batch_size]]).to(device)
+            with autocast(device):
+                logits = model(images)
+            out.append(torch.softmax(logits.float(), dim=1)[:, 0].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _fit_segmenter(
+    train: Sequence[PreparedCase],
+    val: Sequence[PreparedCase],
+    config: TrainConfig,
+    device: torch.device,
+    env: _Distributed,
+) -> Generator[TrainEvent, None, tuple[torch.nn.Module, list]]:
+    """Dice + CE on random crops; keeps the epoch with the best validation Dice."""
+    torch.manual_seed(config.seed + 7)
+    model = build_segmenter(config.segmenter).to(device)
+    ddp = DistributedDataParallel(model) if env.world_size > 1 else model
+    dataset = SegmenterDataset(train, config.preprocessing.segmenter_patch, seed=config.seed + env.rank)
+    sampler = WeightedStreamSampler(np.ones(len(dataset)), len(dataset), seed=config.seed + 1, rank=env.rank, world_size=env.world_size)
+    loader = DataLoader(dataset, batch_size=config.segmenter_batch_size, sampler=sampler)
+    criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.segmenter_lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, len(loader))
+    total_steps = config.segmenter_epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.segmenter_lr, total_steps=total_steps, pct_start=0.15)
+    best: tuple[float, dict] | None = None
+    history = []
+    for epoch in range(config.segmenter_epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        loss_sum = 0.0
+        for step, batch in enumerate(loader):
+            image, label = batch["image"].to(device), batch["label"].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                logits = ddp(image)
+            loss = criterion(logits.float(), label)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach())
+            yield TrainEvent("segmenter", epoch * steps_per_epoch + step + 1, total_steps, {"loss": float(loss.detach())})
+        env.barrier()
+        if env.is_main:
+            dice = segmentation_dice(model, val, config.preprocessing.segmenter_roi, config.segmenter.divisor, device)
+            history.append({"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch, "val_dice": dice})
+            if best is None or dice > best[0]:
+                best = (dice, copy.deepcopy(model.state_dict()))
+            yield TrainEvent("segmenter", (epoch + 1) * steps_per_epoch, total_steps, {"val_dice": dice})
+        env.barrier()
+    if best is not None:
+        model.load_state_dict(best[1])
+    return model.eval(), history
+
+
+def segmentation_dice(
+    model: torch.nn.Module, cases: Sequence[PreparedCase], roi: Sequence[int], divisor: int, device: torch.device
+) -> float:
+    """Mean Dice of thresholded predictions on the segmenter grid over cases with masks."""
+    model.eval()
+    scores = []
+    for case in cases:
+        if not case.has_mask:
+            continue
+        image = torch.from_numpy(case.seg_image.astype(np.float32))[None, None].to(device)
+        with autocast(device):
+            prob = infection_probability(model, image, roi, divisor)
+        pred = prob[0, 0].float().cpu().numpy() >= 0.5
+        truth = case.seg_infection.astype(bool)
+        denom = pred.sum() + truth.sum()
+        scores.append(1.0 if denom == 0 else 2.0 * np.logical_and(pred, truth).sum() / denom)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _auc(prob_class0: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC with class 0 (COVID-19) as the positive class."""
+    return roc_auc(prob_class0, (labels == 0).astype(float))
+
+
+def _nll(prob_class0: np.ndarray, labels: np.ndarray) -> float:
+    p = np.clip(np.where(labels == 0, prob_class0, 1.0 - prob_class0), 1e-7, 1.0)
+    return float(-np.mean(np.log(p)))
+
+
+def _init_distributed(device: str) -> _Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Distributed()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend=backend)
+    return _Distributed(rank=rank, world_size=world, local_rank=local)
+
+
+def _code_version() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"napari-covid-attention {__version__}" + (f" ({commit})" if commit else "") + f", python {platform.python_version()}"
+
+
+def cross_validate(config: TrainConfig, folds: int) -> Generator[TrainEvent, None, Path | None]:
+    """k-fold cross-validation (the paper's 5-fold protocol) on the training manifest.
+
+    Fold i trains a bundle on the other folds and validates on fold i; the per-fold
+    manifests, bundles and ``cv.json`` (validation metrics, mean and sd) go under
+    ``config.out``.
+    """
+    if folds < 2:
+        raise UserFacingError("Cross-validation needs at least 2 folds.")
+    if config.out.exists():
+        raise UserFacingError(f"{config.out} already exists; choose a new folder for the cross-validation.")
+    with open(config.train_manifest, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = list(reader.fieldnames or ()), list(reader)
+    base = Path(config.train_manifest).parent
+    for row in rows:  # fold manifests live elsewhere: make their paths absolute
+        for column in ("image", "infection_mask", "lung_mask"):
+            if row.get(column):
+                row[column] = str((base / row[column]).resolve())
+    assignment = _fold_assignment([r["label"] for r in rows], folds, config.seed)
+    results = []
+    for fold in range(folds):
+        fold_dir = config.out / f"fold-{fold + 1}"
+        fold_dir.mkdir(parents=True)
+        for name, keep in (("train.csv", assignment != fold), ("val.csv", assignment == fold)):
+            with open(fold_dir / name, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(r for r, k in zip(rows, keep, strict=True) if k)
+        fold_config = replace(
+            config, train_manifest=fold_dir / "train.csv", val_manifest=fold_dir / "val.csv", out=fold_dir / "bundle", version=f"{config.version}-fold{fold + 1}"
+        )
+        path = yield from train_bundle(fold_config)
+        if path is not None:
+            results.append(json.loads((path / "bundle.json").read_text())["metrics"]["validation"])
+    if not results:
+        return None
+    summary = {"folds": folds, "per_fold": results}
+    for key in results[0]:
+        values = np.array([r[key] for r in results], dtype=float)
+        summary[key] = {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values, ddof=1))}
+    out = config.out / "cv.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return out
+
+
+def _fold_assignment(labels: Sequence[str], folds: int, seed: int) -> np.ndarray:
+    """Stratified fold index per case: each class is spread evenly over the folds."""
+    rng = np.random.default_rng(seed)
+    assignment = np.zeros(len(labels), dtype=int)
+    for label in sorted(set(labels)):
+        idx = np.flatnonzero(np.asarray(labels) == label)
+        assignment[rng.permutation(idx)] = np.arange(len(idx)) % folds
+    return assignment

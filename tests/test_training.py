@@ -1,0 +1,87 @@
+"""Training end to end at toy size: bundle, provenance, ensemble, CV, DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import pytest
+
+from conftest import tiny_train_args
+from napari_covid_attention.cli import main
+from napari_covid_attention.models.bundle import load_bundle
+from napari_covid_attention.training.datasets import ManifestError, read_manifest
+from napari_covid_attention.training.trainer import stratified_split
+
+
+def test_manifest_is_read_with_flags_and_masks(tiny_dataset):
+    cases = read_manifest(tiny_dataset)
+    assert len(cases) == 12
+    assert all(c.infection_mask is not None and c.lung_mask is not None for c in cases)
+    assert all(len(c.lesion_flags) == 5 for c in cases)
+
+
+def test_bad_manifests_are_refused(tmp_path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("path,diagnosis\nx.nii,COVID-19\n")
+    with pytest.raises(ManifestError, match="image and label"):
+        read_manifest(bad)
+    bad.write_text("image,label\nmissing.nii,COVID-19\n")
+    with pytest.raises(ManifestError, match="row 2: missing.nii does not exist"):
+        read_manifest(bad)
+
+
+def test_stratified_split_keeps_both_classes():
+    class C:
+        def __init__(self, label):
+            self.label = label
+
+    cases = [C(0)] * 10 + [C(1)] * 6
+    train, val = stratified_split(cases, 0.25, seed=0)
+    assert sorted(c.label for c in val) == [0, 0, 1, 1]  # round(2.5) and round(1.5) per class
+    assert len(train) == 12
+
+
+def test_train_writes_a_loadable_bundle_with_provenance(tiny_dataset, tmp_path):
+    out = tmp_path / "bundle"
+    assert main(tiny_train_args(tiny_dataset, out)) == 0
+    bundle = load_bundle(out)
+    assert [m.name for m in bundle.members] == ["uniform", "size_balanced"]
+    assert abs(sum(m.weight for m in bundle.members) - 1) < 1e-6
+    meta = json.loads((out / "bundle.json").read_text())
+    assert len(meta["training"]["train_manifest_sha256"]) == 64
+    assert meta["training"]["command"].startswith("napari-covid-attention train")
+    assert {"ensemble_auc", "uniform_auc", "size_balanced_auc", "segmenter_dice"} <= set(meta["metrics"]["validation"])
+    assert meta["training"]["history"]["uniform"][0]["epoch"] == 1
+
+
+def test_training_refuses_an_existing_output(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "exists"
+    out.mkdir()
+    assert main(tiny_train_args(tiny_dataset, out)) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_ddp_smoke_with_two_cpu_processes(tiny_dataset, tmp_path):
+    """torchrun with 2 processes on the gloo backend trains and saves one bundle."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "napari_covid_attention.cli", *tiny_train_args(tiny_dataset, out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["training"]["world_size"] == 2
+    load_bundle(out)
+
+
+def test_cross_validation_trains_one_bundle_per_fold(tiny_dataset, tmp_path):
+    out = tmp_path / "cv"
+    args = tiny_train_args(tiny_dataset, out)
+    assert main([*args, "--folds", "2"]) == 0
+    summary = json.loads((out / "cv.json").read_text())
+    assert summary["folds"] == 2 and len(summary["per_fold"]) == 2
+    assert set(summary["ensemble_auc"]) == {"mean", "sd"}
+    for fold in (1, 2):
+        assert load_bundle(out / f"fold-{fold}" / "bundle").version.endswith(f"fold{fold}")
