@@ -13,9 +13,10 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Generator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -139,39 +140,56 @@ def prepare_case(case: Case, config: PreprocessConfig) -> PreparedCase:
     )
 
 
-def prepare_cases(
+def iter_prepared(
     cases: Sequence[Case],
     config: PreprocessConfig,
     cache_dir: str | os.PathLike | None = None,
     workers: int = 1,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[PreparedCase]:
-    """Prepare many cases (in ``workers`` processes), reading and filling the cache."""
+) -> Generator[int, None, list[PreparedCase]]:
+    """Prepare many cases, reading and filling the cache; yields the number done so far.
+
+    Worker processes are spawned, not forked: a fork of a process whose torch thread pool
+    is running (the GUI, a training run) can deadlock in the child.
+    """
     cache = Path(cache_dir) if cache_dir else None
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
     keys = [_cache_key(c, config) for c in cases]
-    results: list[PreparedCase | None] = [None] * len(cases)
-    todo = []
-    for i, key in enumerate(keys):
-        cached = _read_cache(cache / f"{key}.npz") if cache else None
-        if cached is not None:
-            results[i] = cached
-        else:
-            todo.append(i)
+    results: list[PreparedCase | None] = [_read_cache(cache / f"{k}.npz") if cache else None for k in keys]
+    todo = [i for i, r in enumerate(results) if r is None]
     done = len(cases) - len(todo)
-    if progress:
-        progress(done, len(cases))
-    if todo:
-        if workers > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                prepared_iter = pool.map(prepare_case, [cases[i] for i in todo], [config] * len(todo), chunksize=1)
-                for i, prepared in zip(todo, prepared_iter, strict=True):
-                    done = _store(results, i, prepared, cache, keys, progress, done, len(cases))
-        else:
-            for i in todo:
-                done = _store(results, i, prepare_case(cases[i], config), cache, keys, progress, done, len(cases))
+    yield done
+
+    def store(index: int, prepared: PreparedCase) -> None:
+        results[index] = prepared
+        if cache:
+            _write_cache(cache / f"{keys[index]}.npz", prepared)
+
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(prepare_case, cases[i], config): i for i in todo}
+            for future in as_completed(futures):
+                store(futures[future], future.result())
+                done += 1
+                yield done
+    else:
+        for i in todo:
+            store(i, prepare_case(cases[i], config))
+            done += 1
+            yield done
     return results  # type: ignore[return-value]
+
+
+def prepare_cases(
+    cases: Sequence[Case], config: PreprocessConfig, cache_dir: str | os.PathLike | None = None, workers: int = 1
+) -> list[PreparedCase]:
+    """:func:`iter_prepared` without progress."""
+    steps = iter_prepared(cases, config, cache_dir, workers)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 class ClassifierDataset(Dataset):
@@ -307,13 +325,3 @@ def _read_cache(path: Path) -> PreparedCase | None:
             )
     except (OSError, KeyError, ValueError):
         return None  # a damaged cache entry is simply rebuilt
-
-
-def _store(results, index, prepared, cache, keys, progress, done, total) -> int:
-    results[index] = prepared
-    if cache:
-        _write_cache(cache / f"{keys[index]}.npz", prepared)
-    done += 1
-    if progress:
-        progress(done, total)
-    return done

@@ -40,6 +40,7 @@ from napari_covid_attention.training.datasets import (
     ClassifierDataset,
     PreparedCase,
     SegmenterDataset,
+    iter_prepared,
     manifest_sha256,
     prepare_cases,
     read_manifest,
@@ -242,15 +243,15 @@ def _prepare(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, No
         train, val = stratified_split(cases, config.val_fraction, config.seed)
     cache = config.cache_dir or config.out.parent / ".preprocessing-cache"
     total = len(train) + len(val)
-    events: list[TrainEvent] = []
-
-    def progress(done: int, _total: int) -> None:
-        events.append(TrainEvent("prepare", done, total))
-
     prepared: list[PreparedCase] = []
     if env.is_main:
-        prepared = prepare_cases(train + val, config.preprocessing, cache, config.workers, progress)
-        yield from events
+        steps = iter_prepared(train + val, config.preprocessing, cache, config.workers)
+        while True:
+            try:
+                yield TrainEvent("prepare", next(steps), total)
+            except StopIteration as done:
+                prepared = done.value
+                break
     env.barrier()
     if not env.is_main:  # other ranks read what rank 0 cached
         prepared = prepare_cases(train + val, config.preprocessing, cache, 1)

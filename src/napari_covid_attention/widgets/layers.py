@@ -1,0 +1,158 @@
+"""What the widgets do to a viewer, without Qt: works on ``napari.components.ViewerModel``.
+
+Adding a diagnosis as layers (replacing the plugin's earlier layers of the same scan,
+never touching the user's), finding the CT volume behind a layer, and the slice-review
+helpers. The dock widgets only wire buttons to these functions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_covid_attention._layer_data import META_KEY, labels_layer_data, plugin_meta, volume_from_layer
+from napari_covid_attention.diagnosis import Diagnosis
+from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.io.geometry import layer_transform
+from napari_covid_attention.io.volume import CTVolume, looks_like_hu
+from napari_covid_attention.preprocess.lung import LEFT_LUNG, RIGHT_LUNG
+
+if TYPE_CHECKING:
+    from napari.components import ViewerModel
+    from napari.layers import Image, Layer
+
+MAP_TITLES = {"attention": "attention", "gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++"}
+MASK_KINDS = ("lung_mask", "infection_mask")
+LUNG_COLORS = {RIGHT_LUNG: "#33d6ff", LEFT_LUNG: "#ffd633"}
+INFECTION_COLOR = "#ff3030"
+
+
+def ct_volume_of(layer: Layer) -> CTVolume:
+    """The CT behind a layer, or a one-sentence reason why that layer cannot be diagnosed."""
+    from napari.layers import Image
+
+    if not isinstance(layer, Image):
+        kind = type(layer).__name__.lower()
+        raise UserFacingError(f"'{layer.name}' is a {kind} layer; select the CT image layer to diagnose.")
+    if layer.rgb:
+        raise UserFacingError(f"'{layer.name}' is an RGB image, not a CT scan in Hounsfield units.")
+    if layer.multiscale:
+        raise UserFacingError(f"'{layer.name}' is a multiscale image; open the CT as a single-resolution volume.")
+    if layer.ndim != 3:
+        raise UserFacingError(f"'{layer.name}' has {layer.ndim} dimensions; diagnosis needs a 3D CT volume.")
+    volume = volume_from_layer(np.asarray(layer.data), layer.metadata, layer.scale, layer.translate)
+    if not looks_like_hu(volume.hu):
+        raise UserFacingError(f"'{layer.name}' does not look like a CT in Hounsfield units (no air below -800 HU).")
+    return volume
+
+
+def scan_key(layer: Layer) -> str:
+    """Identifies a CT layer for the layers made from it (stable for the session)."""
+    return str(layer.unique_id)
+
+
+def plugin_layers_of(viewer: ViewerModel, ct_layer: Layer) -> list[Layer]:
+    """The layers this plugin made from ``ct_layer`` (never the user's own layers)."""
+    key = scan_key(ct_layer)
+    return [layer for layer in viewer.layers if (plugin_meta(layer.metadata) or {}).get("scan") == key]
+
+
+def layer_of_kind(viewer: ViewerModel, ct_layer: Layer, kind: str) -> Layer | None:
+    for layer in plugin_layers_of(viewer, ct_layer):
+        if plugin_meta(layer.metadata).get("kind") == kind:
+            return layer
+    return None
+
+
+def add_diagnosis_layers(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagnosis) -> dict[str, Layer]:
+    """Maps and masks over the CT; a re-run replaces the earlier ones of the same scan.
+
+    Maps stay on their coarse grid and are drawn through their own affine (scale /
+    translate), smoothed by the renderer; masks are labels on the scan's full grid, so
+    they can be edited voxel by voxel.
+    """
+    from napari.utils.colormaps import DirectLabelColormap
+
+    for layer in plugin_layers_of(viewer, ct_layer):
+        viewer.layers.remove(layer)
+    key = scan_key(ct_layer)
+    ct_meta = plugin_meta(ct_layer.metadata) or {}
+    source_ornt = ct_meta.get("source_ornt")
+    source_ornt = None if source_ornt is None else np.asarray(source_ornt)
+    made: dict[str, Layer] = {}
+
+    lungs = labels_layer_data(
+        diagnosis.lung_mask, diagnosis.scan_affine, f"{ct_layer.name} · lung mask", "lung_mask",
+        source_ornt=source_ornt, extra_meta={"scan": key},
+        colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **LUNG_COLORS}),
+        opacity=0.7, visible=False,
+    )
+    made["lung_mask"] = viewer.add_labels(lungs[0], **lungs[1])
+    made["lung_mask"].contour = 1
+    for name in ("gradcam_pp", "gradcam", "attention"):
+        made[name] = _add_map(viewer, ct_layer, diagnosis, name, visible=name == "attention")
+    infection = labels_layer_data(
+        diagnosis.infection_mask, diagnosis.scan_affine, f"{ct_layer.name} · infection mask", "infection_mask",
+        source_ornt=source_ornt, extra_meta={"scan": key},
+        colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: INFECTION_COLOR}),
+        opacity=0.55,
+    )
+    made["infection_mask"] = viewer.add_labels(infection[0], **infection[1])
+    viewer.layers.selection.active = ct_layer
+    return made
+
+
+def _add_map(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagnosis, name: str, visible: bool) -> Layer:
+    saliency = diagnosis.maps[name]
+    meta = {
+        "kind": name,
+        "scan": scan_key(ct_layer),
+        "affine": saliency.affine.tolist(),
+        "source_ornt": None,
+    }
+    return viewer.add_image(
+        saliency.values,
+        name=f"{ct_layer.name} · {MAP_TITLES[name]}",
+        colormap="inferno",
+        blending="additive",
+        opacity=0.6,
+        contrast_limits=(0.0, 1.0),
+        interpolation2d="linear",
+        interpolation3d="linear",
+        visible=visible,
+        metadata={META_KEY: meta},
+        **layer_transform(saliency.affine).as_layer_kwargs(),
+    )
+
+
+def world_z_of_slice(ct_layer: Layer, z_index: int) -> float:
+    return float(ct_layer.data_to_world((z_index, 0, 0))[0])
+
+
+def current_slice(viewer: ViewerModel, ct_layer: Layer) -> int:
+    """The CT slice index under the viewer's current z position."""
+    data_point = ct_layer.world_to_data(viewer.dims.point)
+    return int(np.clip(round(float(data_point[0])), 0, ct_layer.data.shape[0] - 1))
+
+
+def slice_with_most_infection(mask: np.ndarray) -> int | None:
+    per_slice = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+    return int(np.argmax(per_slice)) if per_slice.any() else None
+
+
+def attention_peak_world(diagnosis: Diagnosis, name: str = "attention") -> np.ndarray:
+    """World (z, y, x) position (LPS mm in napari order) of a map's maximum."""
+    saliency = diagnosis.maps[name]
+    peak = np.unravel_index(int(np.argmax(saliency.values)), saliency.values.shape)
+    lps = saliency.affine @ np.r_[np.asarray(peak, dtype=float), 1.0]
+    return lps[:3][::-1]
+
+
+def slice_areas_cm2(infection: np.ndarray, lungs: np.ndarray, z_index: int, spacing_mm) -> tuple[float, float]:
+    """Infection and lung area (cm^2) on one axial slice, for the per-slice readout."""
+    pixel_cm2 = spacing_mm[1] * spacing_mm[2] / 100.0
+    return (
+        float(np.count_nonzero(infection[z_index])) * pixel_cm2,
+        float(np.count_nonzero(lungs[z_index])) * pixel_cm2,
+    )

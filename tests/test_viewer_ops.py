@@ -1,0 +1,127 @@
+"""Widget logic on napari.components.ViewerModel: no Qt, no window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.components import ViewerModel
+
+from napari_covid_attention._layer_data import ct_layer_data, plugin_meta
+from napari_covid_attention.data.synthetic import generate_phantom
+from napari_covid_attention.diagnosis import diagnose
+from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.models.bundle import load_bundle
+from napari_covid_attention.widgets import layers as ops
+from napari_covid_attention.widgets.card import result_card_html, scores_rows
+from napari_covid_attention.widgets.compare import CompareView, grid_of
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return generate_phantom(5, label="CAP", shape=(32, 64, 64))
+
+
+@pytest.fixture(scope="module")
+def diagnosis(scan, tiny_bundle):
+    return diagnose(scan.volume, load_bundle(tiny_bundle), "cpu")
+
+
+@pytest.fixture
+def viewer(scan):
+    model = ViewerModel()
+    data, kwargs, _ = ct_layer_data(scan.volume, "ct")
+    model.add_image(data, **kwargs)
+    return model
+
+
+def test_ct_volume_round_trips_through_the_layer(viewer, scan):
+    volume = ops.ct_volume_of(viewer.layers["ct"])
+    np.testing.assert_array_equal(volume.affine, scan.volume.affine)
+    assert volume.hu is scan.volume.hu or np.shares_memory(volume.hu, scan.volume.hu)
+
+
+@pytest.mark.parametrize(
+    ("add", "phrase"),
+    [
+        (lambda v: v.add_labels(np.zeros((8, 8, 8), np.uint8), name="bad"), "labels layer"),
+        (lambda v: v.add_image(np.zeros((16, 16, 3), np.uint8), rgb=True, name="bad"), "RGB"),
+        (lambda v: v.add_image(np.zeros((16, 16)), name="bad"), "2 dimensions"),
+        (lambda v: v.add_image(np.full((8, 16, 16), 100.0), name="bad"), "Hounsfield"),
+    ],
+)
+def test_bad_layers_get_one_sentence(viewer, add, phrase):
+    add(viewer)
+    with pytest.raises(UserFacingError, match=phrase):
+        ops.ct_volume_of(viewer.layers["bad"])
+
+
+def test_layers_are_added_on_the_ct_geometry(viewer, diagnosis):
+    ct = viewer.layers["ct"]
+    made = ops.add_diagnosis_layers(viewer, ct, diagnosis)
+    assert set(made) == {"lung_mask", "infection_mask", "attention", "gradcam", "gradcam_pp"}
+    for kind in ("lung_mask", "infection_mask"):
+        np.testing.assert_allclose(made[kind].scale, ct.scale)
+        np.testing.assert_allclose(made[kind].translate, ct.translate)
+        assert made[kind].data.shape == ct.data.shape
+    for kind in ("attention", "gradcam", "gradcam_pp"):
+        layer = made[kind]
+        assert layer.blending == "additive" and layer.data.shape == diagnosis.maps[kind].values.shape
+        # a coarse map's voxel (0, 0, 0) lands where its affine says, in world (z, y, x)
+        world = layer.data_to_world((0, 0, 0))
+        np.testing.assert_allclose(world, (diagnosis.maps[kind].affine @ [0, 0, 0, 1])[:3][::-1], atol=1e-6)
+        assert np.all(np.asarray(layer.scale) > np.asarray(ct.scale))  # coarse, not upsampled
+
+
+def test_rerun_replaces_plugin_layers_and_keeps_user_layers(viewer, diagnosis):
+    ct = viewer.layers["ct"]
+    notes = viewer.add_labels(np.zeros(ct.data.shape, np.uint8), name="my notes")
+    ops.add_diagnosis_layers(viewer, ct, diagnosis)
+    first = len(viewer.layers)
+    ops.add_diagnosis_layers(viewer, ct, diagnosis)
+    assert len(viewer.layers) == first
+    assert notes in viewer.layers and plugin_meta(notes.metadata) is None
+    assert len(ops.plugin_layers_of(viewer, ct)) == 5
+
+
+def test_compare_mode_enters_and_restores_exactly(viewer, diagnosis):
+    ct = viewer.layers["ct"]
+    viewer.add_labels(np.zeros(ct.data.shape, np.uint8), name="my notes")
+    ops.add_diagnosis_layers(viewer, ct, diagnosis)
+    before = [(layer.name, layer.visible) for layer in viewer.layers]
+    compare = CompareView(viewer)
+    compare.enter(ct, ("attention", "gradcam", "gradcam_pp"))
+    grid = grid_of(viewer)
+    assert grid.enabled and grid.stride == 3 and grid.shape == (1, 3)
+    names = [layer.name for layer in viewer.layers][:9]
+    assert names[1].endswith("attention") and names[4].endswith("Grad-CAM") and names[7].endswith("Grad-CAM++")
+    assert all(layer.visible for layer in list(viewer.layers)[:9])
+    assert not any(layer.visible for layer in list(viewer.layers)[9:])
+    # twins share the data arrays: an edit shows in every box
+    assert viewer.layers[3].data is ct.data and viewer.layers[5].data is viewer.layers[2].data
+    compare.exit()
+    assert [(layer.name, layer.visible) for layer in viewer.layers] == before
+    assert not grid.enabled
+
+
+def test_review_helpers(viewer, diagnosis, scan):
+    mask = np.zeros(scan.volume.shape, np.uint8)
+    mask[7, 10:20, 10:20] = 1
+    mask[9, 10:12, 10:12] = 1
+    assert ops.slice_with_most_infection(mask) == 7
+    assert ops.slice_with_most_infection(np.zeros_like(mask)) is None
+    spacing = scan.volume.spacing_mm
+    infected, _ = ops.slice_areas_cm2(mask, diagnosis.lung_mask, 7, spacing)
+    assert infected == pytest.approx(100 * spacing[1] * spacing[2] / 100)
+    peak = ops.attention_peak_world(diagnosis)
+    ct = viewer.layers["ct"]
+    index = np.asarray(ct.world_to_data(peak))
+    assert np.all(index >= -1) and np.all(index <= np.asarray(ct.data.shape))
+
+
+def test_card_and_scores_text(diagnosis, scan):
+    html = result_card_html(diagnosis)
+    assert f"{100 * diagnosis.probabilities['COVID-19']:.1f} %" in html
+    assert f"{diagnosis.infection_volume_ml:.1f} mL" in html
+    assert "not for clinical use" in html
+    rows = scores_rows(diagnosis.localization(scan.infection_mask))
+    assert [r[0] for r in rows] == ["attention", "Grad-CAM", "Grad-CAM++"]

@@ -1,0 +1,146 @@
+"""Viewer tests: the reader, the sample data and the dock widget in a real napari window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_covid_attention import _reader
+from napari_covid_attention._layer_data import ct_layer_data, plugin_meta
+from napari_covid_attention.data.synthetic import generate_phantom
+from napari_covid_attention.diagnosis import diagnose
+from napari_covid_attention.models.bundle import load_bundle
+from napari_covid_attention.widgets import layers as ops
+from napari_covid_attention.widgets.compare import grid_of
+
+pytestmark = pytest.mark.viewer
+PLUGIN = "napari-covid-attention"
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return generate_phantom(21, label="COVID-19", shape=(40, 80, 80))
+
+
+@pytest.fixture
+def widget_viewer(make_napari_viewer, phantom, tiny_bundle):
+    viewer = make_napari_viewer()
+    data, kwargs, _ = ct_layer_data(phantom.volume, "ct")
+    viewer.add_image(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "COVID-19 attention")
+    widget.set_bundle(tiny_bundle)
+    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+    return viewer, widget
+
+
+def test_sample_opens_in_hu_with_true_geometry(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample(PLUGIN, "covid_phantom")
+    layer = layers[0]
+    from napari_covid_attention._sample_data import sample_phantom
+
+    volume = sample_phantom("COVID-19").volume
+    np.testing.assert_allclose(layer.scale, volume.spacing_mm)
+    np.testing.assert_allclose(layer.translate, volume.affine[:3, 3][::-1])
+    assert tuple(layer.contrast_limits) == (-1350.0, 150.0)
+    assert layer.data.dtype == np.int16 and layer.data.min() >= -1024
+
+
+def test_real_series_opens_through_the_reader(make_napari_viewer, chest_series_dir, tmp_path):
+    viewer = make_napari_viewer()
+    layer = viewer.open(chest_series_dir, plugin=PLUGIN)[0]
+    assert layer.data.shape == (30, 512, 512)
+    np.testing.assert_allclose(layer.scale, (8.0, 0.6465, 0.6465), atol=1e-3)
+    assert tuple(layer.contrast_limits) == (-1350.0, 150.0)
+    # canonical orientation: world axes are LPS (z, y, x); z grows towards the head
+    assert layer.data_to_world((1, 0, 0))[0] > layer.data_to_world((0, 0, 0))[0]
+    meta = plugin_meta(layer.metadata)
+    assert "Lung_Dx" not in str(meta)  # de-identified (the series has PatientName set)
+    # anterior at the top of the slice: the body's front is in low rows, the table in high rows
+    column = layer.data[15, :, 256]
+    assert np.argmax(column > -300) < 200 < np.flatnonzero(column > -300).max()
+
+
+def test_reader_shows_one_sentence_for_bad_files(tmp_path, monkeypatch):
+    messages = []
+    monkeypatch.setattr(_reader, "_notify_error", messages.append)
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti at all" * 20)
+    assert _reader.napari_get_reader(str(bad)) is _reader.read_ct
+    assert _reader.read_ct(str(bad)) == [(None,)]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert _reader.napari_get_reader(str(tmp_path / "notes.txt")) is None
+
+
+def test_diagnose_adds_layers_on_the_ct_geometry(widget_viewer, phantom, tiny_bundle, qtbot):
+    viewer, widget = widget_viewer
+    widget.run_diagnosis()
+    qtbot.waitUntil(lambda: widget.current_result() is not None, timeout=120_000)
+    ct = viewer.layers["ct"]
+    kinds = {plugin_meta(layer.metadata)["kind"]: layer for layer in ops.plugin_layers_of(viewer, ct)}
+    assert set(kinds) == {"lung_mask", "infection_mask", "attention", "gradcam", "gradcam_pp"}
+    for kind in ("lung_mask", "infection_mask"):
+        np.testing.assert_allclose(kinds[kind].scale, ct.scale)
+        np.testing.assert_allclose(kinds[kind].translate, ct.translate)
+    # the card shows exactly what diagnose() computes for this scan and bundle
+    expected = diagnose(phantom.volume, load_bundle(tiny_bundle), "cpu")
+    card = widget.card.text()
+    assert f"{100 * expected.probabilities['COVID-19']:.1f} %" in card
+    assert f"{expected.infection_volume_ml:.1f} mL" in card
+    assert "not for clinical use" in card
+    assert widget.scores.rowCount() in (0, 3)
+    # re-run: same number of layers, plugin layers replaced
+    count = len(viewer.layers)
+    widget.run_diagnosis(threaded=False)
+    assert len(viewer.layers) == count
+
+
+def test_compare_on_and_off(widget_viewer, qtbot):
+    viewer, widget = widget_viewer
+    widget.run_diagnosis(threaded=False)
+    order = [layer.name for layer in viewer.layers]
+    widget.include_pp.setChecked(True)
+    widget.compare_button.setChecked(True)
+    assert grid_of(viewer).enabled and widget.compare.active
+    assert len(viewer.layers) == len(order) + 4  # 2 extra CT views + 2 extra mask views
+    widget.compare_button.setChecked(False)
+    assert not grid_of(viewer).enabled
+    assert [layer.name for layer in viewer.layers] == order
+
+
+def test_scores_follow_mask_edits(widget_viewer, qtbot):
+    viewer, widget = widget_viewer
+    widget.run_diagnosis(threaded=False)
+    ct = viewer.layers["ct"]
+    mask_layer = ops.layer_of_kind(viewer, ct, "infection_mask")
+    diagnosis = widget.current_result()[0]
+    peak_z = int(np.argmax(diagnosis.maps["attention"].values.max(axis=(1, 2))))
+    mask = np.zeros_like(mask_layer.data)
+    mask[ct.data.shape[0] // 2 - 3 : ct.data.shape[0] // 2 + 3, 30:50, 20:40] = 1
+    mask_layer.data = mask
+    qtbot.waitUntil(lambda: widget.scores.rowCount() == 3, timeout=5000)
+    assert widget.scores.item(0, 0).text() == "attention"
+    assert peak_z >= 0
+
+
+def test_bad_layer_gives_a_message_not_a_traceback(widget_viewer, monkeypatch):
+    viewer, widget = widget_viewer
+    messages = []
+    from napari_covid_attention.widgets import diagnose as widget_module
+
+    monkeypatch.setattr(widget_module, "_notify_error", messages.append)
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True, name="photo")
+    widget.layer_combo.setCurrentText("photo")
+    assert widget.run_diagnosis() is None
+    assert messages and "RGB" in messages[0]
+
+
+def test_cancel_adds_nothing(widget_viewer, qtbot):
+    viewer, widget = widget_viewer
+    before = len(viewer.layers)
+    worker = widget.run_diagnosis()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert len(viewer.layers) == before
+    assert worker is not None and widget.current_result() is None
+
