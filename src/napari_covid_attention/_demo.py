@@ -1,4 +1,9 @@
-"""The README's main job: the sample CT in napari with the plugin, or headless output."""
+"""The README's main job: the sample CT in napari, diagnosed by the built-in demo model.
+
+With a screen it opens the viewer with the plugin's dock widget and starts the diagnosis
+in the background; ``headless`` writes screenshots and a JSON summary instead (and is
+chosen automatically when there is no screen).
+"""
 
 from __future__ import annotations
 
@@ -10,73 +15,89 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from napari_covid_attention._sample_data import sample_phantom
 from napari_covid_attention.errors import UserFacingError
-from napari_covid_attention.windows import window_limits
+
+PLUGIN = "napari-covid-attention"
+SAMPLE_KEYS = {"COVID-19": "covid_phantom", "CAP": "cap_phantom"}
+WINDOW_SIZE = (1600, 1000)
 
 
-def run_demo(label: str = "COVID-19", headless: bool = False, out_dir: Path | None = None) -> Path | None:
-    """Open the sample scan in napari; with ``headless`` write screenshots and a JSON summary.
-
-    Without a screen (no ``DISPLAY`` on Linux) the demo switches to headless output and
-    says so, instead of failing inside Qt.
-    """
+def run_demo(
+    label: str = "COVID-19", headless: bool = False, out_dir: Path | None = None, bundle: str | None = None
+) -> Path | None:
+    """Open (or, headless, render) the sample scan with its diagnosis; returns the summary path."""
     if not headless and not _has_screen():
         print("No screen found: writing headless output instead (screenshots + summary).")
         headless = True
     xvfb = _start_virtual_display() if headless and not _has_screen() else None
     try:
-        return _run(label, headless, Path(out_dir or "demo-output"))
+        return _run(label, headless, Path(out_dir or "demo-output"), bundle)
     finally:
         if xvfb is not None:
             xvfb.terminate()
             xvfb.wait(timeout=10)
 
 
-def _run(label: str, headless: bool, out_dir: Path) -> Path | None:
+def _run(label: str, headless: bool, out_dir: Path, bundle: str | None) -> Path | None:
     import napari
 
-    from napari_covid_attention._layer_data import ct_layer_data
-    from napari_covid_attention.widgets.window import WindowPresetWidget
-
-    phantom = sample_phantom(label)
     viewer = napari.Viewer(title="napari-covid-attention demo", show=not headless)
-    data, kwargs, _ = ct_layer_data(phantom.volume, f"sample CT ({label}-like phantom)")
-    ct_layer = viewer.add_image(data, **kwargs)
-    viewer.window.add_dock_widget(WindowPresetWidget(viewer), name="CT window presets", area="right")
-    # Open on the slice with the most infection so the first view shows the disease.
-    infected_per_slice = phantom.infection_mask.reshape(phantom.infection_mask.shape[0], -1).sum(1)
-    viewer.dims.set_point(0, _world_z(ct_layer, int(np.argmax(infected_per_slice))))
-    viewer.reset_view()
+    viewer.window._qt_window.resize(*WINDOW_SIZE)
+    ct_layer = viewer.open_sample(PLUGIN, SAMPLE_KEYS[label])[0]
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "COVID-19 attention")
+    if bundle is not None:
+        widget.set_bundle(bundle)
+    widget.layer_combo.setCurrentText(ct_layer.name)
     if not headless:
+        worker = widget.run_diagnosis()
+        if worker is not None:
+            worker.returned.connect(lambda _result: widget.jump_to_infection())
         napari.run()
         return None
 
+    diagnosis = widget.run_diagnosis(threaded=False)
+    if diagnosis is None:
+        raise UserFacingError("The demo diagnosis did not run; see the message above.")
+    widget.jump_to_infection()
     out_dir.mkdir(parents=True, exist_ok=True)
-    screenshot = out_dir / "demo-lung-window.png"
-    viewer.screenshot(str(screenshot), canvas_only=False)
+    shots = [out_dir / "demo-diagnosis.png", out_dir / "demo-compare.png"]
+    _settle()
+    viewer.screenshot(str(shots[0]), canvas_only=False)
+    widget.compare_button.setChecked(True)
+    _settle()
+    viewer.screenshot(str(shots[1]), canvas_only=False)
+    widget.compare_button.setChecked(False)
+
+    from napari_covid_attention._sample_data import sample_phantom
+
+    truth = sample_phantom(label)
     summary = {
         "scan": ct_layer.name,
-        "shape_zyx": list(phantom.volume.shape),
-        "spacing_mm_zyx": [round(s, 4) for s in phantom.volume.spacing_mm],
-        "window_hu": list(window_limits("lung")),
+        "shape_zyx": list(truth.volume.shape),
+        "spacing_mm_zyx": [round(s, 4) for s in truth.volume.spacing_mm],
+        "diagnosis": diagnosis.summary(),
         "phantom_truth": {
-            "label": phantom.label,
-            "infection_fraction": round(phantom.infection_fraction, 4),
-            "lesions": [k for k, v in phantom.lesion_flags.items() if v],
+            "label": truth.label,
+            "infection_fraction": round(truth.infection_fraction, 4),
+            "lesions": [k for k, v in truth.lesion_flags.items() if v],
         },
-        "screenshots": [screenshot.name],
+        "localization_vs_truth": {
+            name: None if s is None else s.to_dict() for name, s in diagnosis.localization(truth.infection_mask).items()
+        },
+        "screenshots": [s.name for s in shots],
     }
     summary_path = out_dir / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2))
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     viewer.close()
     return summary_path
 
 
-def _world_z(layer, z_index: int) -> float:
-    return float(layer.data_to_world((z_index, 0, 0))[0])
+def _settle() -> None:
+    """Let Qt lay out and paint (the grid view boxes, the result card) before a screenshot."""
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(10):
+        QApplication.processEvents()
 
 
 def _has_screen() -> bool:
@@ -85,20 +106,20 @@ def _has_screen() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def _start_virtual_display(timeout_s: float = 10.0) -> subprocess.Popen | None:
-    """Start Xvfb (when installed) so napari can render offscreen with OpenGL.
+def _start_virtual_display(timeout_s: float = 10.0) -> subprocess.Popen:
+    """Start Xvfb so napari can render offscreen with OpenGL.
 
     ``QT_QPA_PLATFORM=offscreen`` alone gives Qt no OpenGL context, so napari's canvas
     would stay black; a virtual X server is the dependable way on a headless machine.
     """
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
-        raise UserFacingError(
-            "Headless rendering needs Xvfb (Debian/Ubuntu: apt-get install xvfb)."
-        )
+        raise UserFacingError("Headless rendering needs Xvfb (Debian/Ubuntu: apt-get install xvfb).")
     read_fd, write_fd = os.pipe()
     proc = subprocess.Popen(
-        [xvfb, "-displayfd", str(write_fd), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+        # -noreset: when the last client leaves, Xvfb would reset and write the display
+        # number to the (closed) pipe again, which kills it with SIGPIPE mid-demo.
+        [xvfb, "-displayfd", str(write_fd), "-noreset", "-screen", "0", "1920x1200x24", "-nolisten", "tcp"],
         pass_fds=(write_fd,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -158,7 +158,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from napari_covid_attention._demo import run_demo
 
-    summary = run_demo(label=args.label, headless=args.headless, out_dir=args.out)
+    summary = run_demo(label=args.label, headless=args.headless, out_dir=args.out, bundle=args.bundle)
     if summary is not None:
         print(f"summary: {summary}")
     return 0
@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--headless", action="store_true", help="no window: write PNG + JSON summary")
     demo.add_argument("--label", choices=("COVID-19", "CAP"), default="COVID-19", help="which sample phantom")
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for --headless output")
+    demo.add_argument("--bundle", default=None, help="bundle folder or name (default: the built-in demo)")
     demo.set_defaults(func=_cmd_demo)
 
     diag = sub.add_parser("diagnose", help="diagnose scans (files, DICOM folders or a CSV of paths) and write results")

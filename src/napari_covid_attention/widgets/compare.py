@@ -78,6 +78,7 @@ class CompareView:
         grid.stride = STRIDE if infection is not None else 2
         grid.shape = (1, len(maps))
         grid.enabled = True
+        viewer.layers.selection.active = ct_layer
 
     def exit(self) -> None:
         if self._saved is None:
@@ -87,7 +88,7 @@ class CompareView:
             if layer in viewer.layers:
                 viewer.layers.remove(layer)
         self.added, self.boxes = [], []
-        for target, layer in enumerate(l for l in saved.order if l in viewer.layers):
+        for target, layer in enumerate(kept for kept in saved.order if kept in viewer.layers):
             viewer.layers.move(viewer.layers.index(layer), target)
         for layer in viewer.layers:
             layer.visible = saved.visible.get(id(layer), layer.visible)

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
@@ -161,6 +162,8 @@ class DiagnoseWidget(QWidget):
         self.scores.setHorizontalHeaderLabels(["map", "energy in mask", "pointing game", "map AUC"])
         self.scores.verticalHeader().setVisible(False)
         self.scores.setToolTip("How well each map points at the current infection mask; updates as you edit it.")
+        self.scores.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.scores.setMaximumHeight(130)
         layout.addWidget(self.scores)
         return box
 
@@ -278,6 +281,7 @@ class DiagnoseWidget(QWidget):
         self.status.setText(f"done: {stage}")
 
     def _on_result(self, diagnosis: Diagnosis, layer) -> None:
+        self.progress.setValue(self.progress.maximum())
         if layer not in self.viewer.layers:
             return  # the scan was closed while it was diagnosed
         made = ops.add_diagnosis_layers(self.viewer, layer, diagnosis)
@@ -303,7 +307,7 @@ class DiagnoseWidget(QWidget):
         self._set_busy(False)
         if self.status.text().startswith(("Cancelling", "done:")):
             self.status.setText("Cancelled; nothing was added.")
-        self.progress.setValue(0)
+            self.progress.setValue(0)
 
     def _set_busy(self, busy: bool) -> None:
         self.diagnose_button.setEnabled(not busy)
@@ -348,7 +352,9 @@ class DiagnoseWidget(QWidget):
             return
         maps = ("attention", "gradcam", "gradcam_pp") if self.include_pp.isChecked() else ("attention", "gradcam")
         self.compare.enter(found[1], maps)
-        self.viewer.reset_view()
+        # The canvas lays out the grid's view boxes on the next event loop turn; fitting
+        # the camera before that would fit it to the old single view.
+        QTimer.singleShot(0, self.viewer.reset_view)
 
     # ----- review helpers ----------------------------------------------------------------
     def _apply_window(self, preset: str) -> None:

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_covid_attention._layer_data import META_KEY, labels_layer_data, plugin_meta, volume_from_layer
+from napari_covid_attention._layer_data import (
+    META_KEY,
+    labels_layer_data,
+    plugin_meta,
+    volume_from_layer,
+)
 from napari_covid_attention.diagnosis import Diagnosis
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io.geometry import layer_transform
