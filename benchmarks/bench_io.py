@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,6 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, peak_rss_mb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("COVID_ATTENTION_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -56,7 +57,7 @@ def _worker(reader: str, folder: str, repeats: int) -> None:
         import SimpleITK  # noqa: F401  (import cost is not load cost)
     else:
         import napari_covid_attention.io.dicom  # noqa: F401
-    baseline = _peak_rss_mb()
+    baseline = peak_rss_mb()
     times = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
@@ -66,22 +67,10 @@ def _worker(reader: str, folder: str, repeats: int) -> None:
     result = {
         "first": times[0],
         "best": min(times[1:]),
-        "peak_mb": _peak_rss_mb(),
+        "peak_mb": peak_rss_mb(),
         "baseline_mb": baseline,
     }
     print(json.dumps(result))
-
-
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process image: VmHWM (ru_maxrss would include the parent's peak,
-    since Linux keeps it across fork + exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _run_worker(reader: str, folder: Path, repeats: int) -> dict:
@@ -150,19 +139,6 @@ def write_synthetic_series(folder: Path, slices: int, size: int = 512) -> Path:
 
 
 # ------------------------------------------------------------------------- report
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {usable} usable cores ({os.cpu_count()} logical), Python {platform.python_version()}"
 
 
 def same_values(folder: Path) -> bool:

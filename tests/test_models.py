@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from napari_covid_attention.models.dsanet import LESION_TYPES, DSANet, DSANetConfig, OnlineAttention
-from napari_covid_attention.models.segmenter import SegmenterConfig, build_segmenter, infection_probability
+from napari_covid_attention.models.segmenter import (
+    SegmenterConfig,
+    build_segmenter,
+    infection_probability,
+)
 
 TINY = DSANetConfig(layers=(1, 1, 1, 1), widths=(4, 8, 8, 16), lesion_head=True)
 

@@ -6,9 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import pytest
 
+import pytest
 from conftest import tiny_train_args
+
 from napari_covid_attention.cli import main
 from napari_covid_attention.models.bundle import load_bundle
 from napari_covid_attention.training.datasets import ManifestError, read_manifest

@@ -53,7 +53,7 @@ class Grid:
     @classmethod
     def covering(cls, shape: tuple[int, int, int], fov_mm: tuple[float, float, float]) -> Grid:
         """A grid of ``shape`` voxels spanning ``fov_mm`` (z, y, x), centred on the scanner axis."""
-        spacing = tuple(float(f) / int(n) for f, n in zip(fov_mm, shape))
+        spacing = tuple(float(f) / int(n) for f, n in zip(fov_mm, shape, strict=False))
         origin = (
             -fov_mm[2] / 2 + spacing[2] / 2,
             -fov_mm[1] / 2 + spacing[1] / 2,
@@ -184,9 +184,9 @@ def smooth_noise(
     nearest-neighbour repetition and a box filter (which together interpolate linearly).
     """
     steps = [max(1, int(s / 1.5)) for s in sigma_vox]
-    coarse_shape = [n // st + 2 for n, st in zip(shape, steps)]
+    coarse_shape = [n // st + 2 for n, st in zip(shape, steps, strict=False)]
     field = rng.standard_normal(coarse_shape, dtype=np.float32)
-    field = ndimage.gaussian_filter(field, [s / st for s, st in zip(sigma_vox, steps)], mode="wrap")
+    field = ndimage.gaussian_filter(field, [s / st for s, st in zip(sigma_vox, steps, strict=False)], mode="wrap")
     field /= max(float(field.std()), 1e-6)
     for axis, step in enumerate(steps):
         if step > 1:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from napari_covid_attention.classes import CAP, COVID, LESION_TYPES
+from napari_covid_attention.classes import CAP, COVID
 from napari_covid_attention.data.phantom_anatomy import (
     LEFT_LUNG,
     RIGHT_LUNG,
@@ -33,7 +33,6 @@ from napari_covid_attention.data.phantom_anatomy import (
     draw_tubes,
     smooth_noise,
 )
-
 
 # Ground glass fainter than this is drawn only as the background of a reticular lesion.
 FAINTEST_GGO_HU = -730.0
@@ -115,7 +114,7 @@ def _plan_covid(rng: np.random.Generator, fraction: float) -> list[LesionSpec]:
     reticular = stage == "progressive" and rng.random() < 0.65 or stage == "early" and rng.random() < 0.12
     shares = rng.dirichlet(np.full(n, 1.5))
     specs = []
-    for side, share in zip(_sides(rng, n, 0.85 - 0.25 * odd), shares):
+    for side, share in zip(_sides(rng, n, 0.85 - 0.25 * odd), shares, strict=False):
         if stage == "consolidative":
             core = rng.uniform(0.5, 0.9)
         elif stage == "progressive" and rng.random() < 0.55:
@@ -155,7 +154,7 @@ def _plan_cap(rng: np.random.Generator, fraction: float) -> list[LesionSpec]:
         placement, p_bronchogram, shares = "lobar", 0.8, rng.dirichlet(np.full(n, 3.0))
     halo = rng.random() < 0.45
     specs = []
-    for side, share in zip(sides, shares):
+    for side, share in zip(sides, shares, strict=False):
         if pattern == "patchy":
             core = rng.uniform(0.3, 0.8)
         elif pattern == "glassy":  # early or atypical lobar pneumonia, still mostly ground glass
@@ -228,7 +227,7 @@ def _context(anatomy: Anatomy, lungs: np.ndarray) -> _Context:
     grid = anatomy.grid
     step = (*(max(1, int(round(6.0 / s))) for s in grid.spacing),)
     coarse = lungs[:: step[0], :: step[1], :: step[2]]
-    spacing = tuple(s * k for s, k in zip(grid.spacing, step))
+    spacing = tuple(s * k for s, k in zip(grid.spacing, step, strict=False))
     pleura = np.zeros(coarse.shape, dtype=np.float32)
     found = ndimage.find_objects(coarse.astype(np.uint8))
     if found and found[0] is not None:
@@ -393,7 +392,7 @@ def _clip_box(
     hi = np.ceil(grid.to_index(hi_xyz)).astype(int) + 1
     return tuple(
         slice(int(np.clip(a, s.start, s.stop - 1)), int(np.clip(b, s.start + 1, s.stop)))
-        for a, b, s in zip(lo, hi, outer)
+        for a, b, s in zip(lo, hi, outer, strict=False)
     )  # type: ignore[return-value]
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from napari_covid_attention.data.phantom_anatomy import HU_PADDING, Grid, build_anatomy, sample_plan
 from napari_covid_attention.classes import CAP, CLASS_NAMES, COVID, LESION_TYPES
+from napari_covid_attention.data.phantom_anatomy import HU_PADDING, Grid, build_anatomy, sample_plan
 from napari_covid_attention.data.phantom_lesions import draw_infection, sample_infection_fraction
 from napari_covid_attention.io.nifti import save_nifti
 from napari_covid_attention.io.volume import CTVolume, hu_array

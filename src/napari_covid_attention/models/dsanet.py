@@ -19,7 +19,6 @@ from torch import nn
 from napari_covid_attention.classes import LESION_TYPES
 
 
-
 @dataclass(frozen=True)
 class DSANetConfig:
     """Architecture of one classifier (stored in bundle.json).

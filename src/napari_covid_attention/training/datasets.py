@@ -31,10 +31,10 @@ from monai.transforms import (
 )
 from torch.utils.data import Dataset
 
+from napari_covid_attention.classes import CLASS_NAMES, LESION_TYPES
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io.load import load_ct
 from napari_covid_attention.io.volume import CTVolume
-from napari_covid_attention.classes import CLASS_NAMES, LESION_TYPES
 from napari_covid_attention.preprocess.lung import lung_mask as compute_lung_mask
 from napari_covid_attention.preprocess.pipeline import (
     PreprocessConfig,

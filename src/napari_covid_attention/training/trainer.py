@@ -34,7 +34,11 @@ from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.models.bundle import Member, save_bundle
 from napari_covid_attention.models.device import autocast, resolve_device
 from napari_covid_attention.models.dsanet import DSANet, DSANetConfig, DSAOutput
-from napari_covid_attention.models.segmenter import SegmenterConfig, build_segmenter, infection_probability
+from napari_covid_attention.models.segmenter import (
+    SegmenterConfig,
+    build_segmenter,
+    infection_probability,
+)
 from napari_covid_attention.preprocess.pipeline import PreprocessConfig
 from napari_covid_attention.training.datasets import (
     ClassifierDataset,
