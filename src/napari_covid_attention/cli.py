@@ -155,6 +155,22 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from napari_covid_attention.training.public_datasets import describe_import, import_dataset
+
+    progress, close = _tqdm_progress("importing")
+    try:
+        manifest = import_dataset(
+            args.layout, args.source, args.out, label=args.label, overwrite=args.overwrite,
+            convert_windowed=args.convert_windowed, progress=progress,
+        )
+    finally:
+        close()
+    print(describe_import(manifest))
+    print(f"manifest: {manifest}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from napari_covid_attention._demo import run_demo
 
@@ -230,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    from napari_covid_attention.training.public_datasets import LAYOUTS
+
+    layouts = "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
+    imp = sub.add_parser("import-dataset", help="turn a public dataset folder into a training manifest", description=f"Layouts: {layouts}")
+    imp.add_argument("layout", choices=("auto", *LAYOUTS), help="dataset layout, or auto to detect it")
+    imp.add_argument("source", type=Path, help="the dataset folder as downloaded (never written to)")
+    imp.add_argument("--out", type=Path, required=True, help="folder for manifest.csv and any converted files")
+    imp.add_argument("--label", choices=("COVID-19", "CAP"), default=None, help="class of every scan (layout 'folder' only)")
+    imp.add_argument("--convert-windowed", action="store_true", help="convert 0-255 windowed volumes back to approximate HU")
+    imp.add_argument("--overwrite", action="store_true", help="replace an earlier import in --out")
+    imp.set_defaults(func=_cmd_import)
 
     synth = sub.add_parser("synth", help="write a synthetic chest CT dataset (NIfTI + manifest.csv)")
     synth.add_argument("--n", type=int, required=True, help="number of scans")

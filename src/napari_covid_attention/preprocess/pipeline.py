@@ -128,12 +128,23 @@ def grid_to_scan(values: np.ndarray, grid: Grid, scan_shape: tuple[int, int, int
     (``align_corners=False`` both ways).
     """
     out = np.zeros(scan_shape, dtype=np.float32)
+    inside, region = grid_to_box(values, grid, scan_shape)
+    out[region] = inside
+    return out
+
+
+def grid_to_box(
+    values: np.ndarray, grid: Grid, scan_shape: tuple[int, int, int]
+) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Like :func:`grid_to_scan` but only the crop box's part of the scan, and where it is.
+
+    Avoids allocating and filling a full-scan array when only the box can be non-zero.
+    """
     tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
     with torch.no_grad():
         up = F.interpolate(tensor, size=grid.box.size, mode="trilinear", align_corners=False)[0, 0]
     src, dst = _overlap(grid.box, scan_shape)
-    out[dst] = up.numpy()[src]
-    return out
+    return up.numpy()[src], dst
 
 
 def normalize_hu(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
