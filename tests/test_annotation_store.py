@@ -495,3 +495,19 @@ def test_saves_survive_sigkill_at_random_moments(tmp_path) -> None:
 def test_saves_of_large_masks_survive_many_sigkills(tmp_path) -> None:
     # Making and saving one mask takes ~80 ms here: the kills spread over whole saves.
     run_crash_test(tmp_path, kills=200, shape=(48, 256, 256), delay_s=(0.0, 0.25))
+
+
+def test_kept_scan_comes_back_verified_and_without_header(tmp_path):
+    from napari_covid_attention.data.synthetic import generate_phantom
+
+    volume = generate_phantom(3, shape=(24, 48, 48)).volume
+    store = AnnotationStore(tmp_path / "store")
+    case = store.open_case(volume)
+    assert store.load_scan(case.id) is None
+    path = store.keep_scan(case.id, volume)
+    kept = store.load_scan(case.id)
+    np.testing.assert_array_equal(kept.hu, volume.hu)
+    np.testing.assert_allclose(kept.affine, volume.affine)
+    assert kept.identity == case.identity
+    with np.load(path, allow_pickle=False) as archive:
+        assert list(archive.keys()) == ["hu"]

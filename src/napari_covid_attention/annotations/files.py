@@ -78,18 +78,23 @@ def write_mask(folder: Path, mask: np.ndarray, digest: str) -> str:
             return name
         except DamagedMaskError:
             pass  # rewritten below, atomically, with the same content
-    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=MASK_SUFFIX, dir=folder)
+    write_npz_atomic(target, mask=mask)
+    return name
+
+
+def write_npz_atomic(target: Path, **arrays: np.ndarray) -> None:
+    """Write a zip-deflated ``.npz`` so that ``target`` is complete or absent, never partial."""
+    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=MASK_SUFFIX, dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, mask=mask)
+            np.savez_compressed(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-    fsync_dir(folder)
-    return name
+    fsync_dir(target.parent)
 
 
 def read_mask(path: Path, digest: str, shape: tuple[int, ...]) -> np.ndarray:

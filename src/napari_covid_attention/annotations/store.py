@@ -4,6 +4,9 @@ Layout under the store root (default ``data_home()/"annotations"``)::
 
     index.sqlite (+ -wal, -shm)   cases, versions, reviews (SQLite in WAL mode; index.py)
     masks/<sha256>.npz            one file per distinct mask content (files.py)
+    scans/<identity>.npz          a copy of a case's voxels (int16 HU, no header) kept for
+                                  fine-tuning, so training never depends on where the
+                                  original DICOM folder or NIfTI file went
 
 Per case (keyed by :attr:`CTVolume.identity`, a hash of geometry and voxels, never by a
 patient identifier) the store keeps the model's ``original`` mask, written once and never
@@ -44,6 +47,7 @@ from napari_covid_attention.annotations.files import (
     read_mask,
     remove_stale_temp_files,
     write_mask,
+    write_npz_atomic,
 )
 from napari_covid_attention.annotations.index import (
     FINAL_SQL,
@@ -56,14 +60,12 @@ from napari_covid_attention.annotations.index import (
 )
 from napari_covid_attention.io.nifti import save_nifti
 from napari_covid_attention.io.volume import CTVolume
+from napari_covid_attention.paths import data_home
 
 MAX_TEXT = 500  # names, labels and notes are short; a pasted document is a mistake
 
 
 def default_root() -> Path:
-    """``data_home()/"annotations"``; imported late because the bundle registry imports torch."""
-    from napari_covid_attention.models.registry import data_home
-
     return data_home() / "annotations"
 
 
@@ -83,6 +85,7 @@ class AnnotationStore:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.masks_dir = self.root / "masks"
+        self.scans_dir = self.root / "scans"
         self._lock = threading.RLock()
         self._original_cache: tuple[str, np.ndarray] | None = None
         self._create_folders()
@@ -247,6 +250,37 @@ class AnnotationStore:
         if final is None:
             raise AnnotationStoreError(f"Case {case_id} has no saved mask yet.")
         return self._read(final)
+
+    def keep_scan(self, case_id: int, volume: CTVolume) -> Path:
+        """Keep the scan's voxels with its case (once; slow for big scans: call it off the GUI thread).
+
+        Only the voxel array is written: geometry is in the index and no header or patient
+        data goes to disk.
+        """
+        case = self.get_case(case_id)
+        if volume.identity != case.identity:
+            raise AnnotationStoreError(f"This scan is not the scan of case {case_id}.")
+        target = self.scans_dir / f"{case.identity}.npz"
+        if not target.is_file():
+            self.scans_dir.mkdir(exist_ok=True)
+            write_npz_atomic(target, hu=np.ascontiguousarray(volume.hu))
+        return target
+
+    def load_scan(self, case_id: int) -> CTVolume | None:
+        """The kept scan of a case (verified against its identity), or None if none was kept."""
+        case = self.get_case(case_id)
+        path = self.scans_dir / f"{case.identity}.npz"
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                hu = archive["hu"]
+        except Exception as exc:  # a damaged zip raises many types
+            raise DamagedMaskError(f"The kept scan of case {case_id} is damaged; open the scan again to re-keep it.") from exc
+        volume = CTVolume(hu=hu, affine=case.affine, source_path=case.source_name, source_ornt=case.source_ornt)
+        if volume.identity != case.identity:
+            raise DamagedMaskError(f"The kept scan of case {case_id} does not match the case; open the scan again to re-keep it.")
+        return volume
 
     def export_final(self, case_id: int, path: str | Path) -> Path:
         """Write the final mask as NIfTI on the scan's own voxel grid (overlays the source)."""

@@ -6,13 +6,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from platformdirs import user_data_dir
-
 from napari_covid_attention.models.bundle import BUNDLE_JSON, BundleError, read_bundle_json
+from napari_covid_attention.paths import data_home
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "bundles"
 DEMO_BUNDLE = "demo"
-HOME_ENV = "NAPARI_COVID_ATTENTION_HOME"
 
 
 @dataclass(frozen=True)
@@ -30,12 +28,6 @@ class BundleInfo:
     def title(self) -> str:
         auc = f", val. AUC {self.validation_auc:.3f}" if self.validation_auc is not None else ""
         return f"{self.name} {self.version}{auc}"
-
-
-def data_home() -> Path:
-    """The plugin's user data folder (``$NAPARI_COVID_ATTENTION_HOME`` overrides it)."""
-    override = os.environ.get(HOME_ENV)
-    return Path(override) if override else Path(user_data_dir("napari-covid-attention", appauthor=False))
 
 
 def user_bundles_dir() -> Path:
