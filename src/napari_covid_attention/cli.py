@@ -155,6 +155,38 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from napari_covid_attention.training.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        bundle=args.bundle,
+        store_root=args.store,
+        segmenter_epochs=args.segmenter_epochs,
+        classifier_epochs=args.classifier_epochs,
+        val_fraction=args.val_fraction,
+        device=args.device,
+        seed=args.seed,
+    )
+    result = _drive(finetune(config))
+    print(("promoted: " if result.promoted else "not promoted: ") + result.reason)
+    print(f"new version {result.version} (parent {result.parent_version}): {result.bundle_path}")
+    for note in result.skipped:
+        print(f"skipped {note}")
+    return 0
+
+
+def _cmd_bundles(args: argparse.Namespace) -> int:
+    from napari_covid_attention.models.registry import list_bundles, rollback
+
+    if args.rollback:
+        path = rollback(args.rollback)
+        print(f"current {args.rollback}: {path}")
+    for info in list_bundles():
+        parent = f" <- {info.parent['version']}" if info.parent else ""
+        print(f"{info.title}{parent}  [{info.path}]")
+    return 0
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from napari_covid_attention.training.public_datasets import describe_import, import_dataset
 
@@ -246,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    ft = sub.add_parser("finetune", help="fine-tune the current bundle from reviewed corrections; promote only if not worse")
+    ft.add_argument("--store", type=Path, default=None, help="annotation store folder (default: the user data folder's)")
+    ft.add_argument("--bundle", default=None, help="bundle to start from (default: the demo's current version)")
+    ft.add_argument("--segmenter-epochs", type=int, default=10)
+    ft.add_argument("--classifier-epochs", type=int, default=3)
+    ft.add_argument("--val-fraction", type=float, default=0.3, help="share of reviewed cases held out to decide promotion")
+    ft.add_argument("--device", default="auto")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.set_defaults(func=_cmd_finetune)
+
+    bundles = sub.add_parser("bundles", help="list model bundles and versions; roll back a fine-tuned one")
+    bundles.add_argument("--rollback", metavar="NAME", help="make the current version's parent current again")
+    bundles.set_defaults(func=_cmd_bundles)
 
     from napari_covid_attention.training.public_datasets import LAYOUTS
 

@@ -60,7 +60,7 @@ class Bundle:
     segmenter: nn.Module
     metrics: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
-    parent: str | None = None
+    parent: dict | None = None  # {"name", "version"} of the bundle this one was fine-tuned from
 
     @property
     def title(self) -> str:
@@ -155,7 +155,7 @@ def save_bundle(
     segmenter_config: SegmenterConfig,
     metrics: dict | None = None,
     training: dict | None = None,
-    parent: str | None = None,
+    parent: dict | None = None,
 ) -> Path:
     """Write a bundle atomically: a temporary sibling folder renamed into place at the end.
 

@@ -120,23 +120,40 @@ def manifest_sha256(path: str | os.PathLike) -> str:
 def prepare_case(case: Case, config: PreprocessConfig) -> PreparedCase:
     """Load one case and put image and masks on the classifier and segmenter grids."""
     volume = load_ct(case.image)
-    lungs = _mask_like(case.lung_mask, volume) if case.lung_mask else compute_lung_mask(volume.hu, volume.spacing_mm)
+    lungs = _mask_like(case.lung_mask, volume) if case.lung_mask else None
     infection = _mask_like(case.infection_mask, volume) if case.infection_mask else None
+    flags = None if case.lesion_flags is None else np.asarray(case.lesion_flags, dtype=np.float32)
+    return prepare_volume(volume, config, label=case.label, infection=infection, lungs=lungs, lesion_flags=flags)
+
+
+def prepare_volume(
+    volume: CTVolume,
+    config: PreprocessConfig,
+    *,
+    label: int,
+    infection: np.ndarray | None = None,
+    lungs: np.ndarray | None = None,
+    lesion_flags: np.ndarray | None = None,
+) -> PreparedCase:
+    """A scan in memory on the network grids; the lung mask is computed when not given
+    (as diagnosis does, so fine-tuning crops exactly like inference)."""
+    if lungs is None:
+        lungs = compute_lung_mask(volume.hu, volume.spacing_mm)
     box = lung_box(lungs, volume.affine, config.margin_mm)
     cls_grid = fixed_shape_grid(box, config.classifier_shape, volume.affine)
     seg_grid = fixed_spacing_grid(box, config.segmenter_spacing_mm, volume.affine)
     has_mask = infection is not None
-    inf = infection.astype(np.float32) if has_mask else np.zeros(volume.shape, np.float32)
+    inf = (infection > 0).astype(np.float32) if has_mask else np.zeros(volume.shape, np.float32)
     lung_voxels = int(np.count_nonzero(lungs))
     return PreparedCase(
         cls_image=normalize_hu(resample_to_grid(volume.hu, cls_grid), config.hu_window).astype(np.float16),
         cls_infection=resample_to_grid(inf, cls_grid, fill=0.0).astype(np.float16),
         seg_image=normalize_hu(resample_to_grid(volume.hu, seg_grid), config.hu_window).astype(np.float16),
         seg_infection=(resample_to_grid(inf, seg_grid, fill=0.0) >= 0.5).astype(np.uint8),
-        label=case.label,
+        label=label,
         has_mask=has_mask,
         infection_fraction=float(np.count_nonzero(inf) / lung_voxels) if has_mask and lung_voxels else float("nan"),
-        lesion_flags=None if case.lesion_flags is None else np.asarray(case.lesion_flags, dtype=np.float32),
+        lesion_flags=lesion_flags,
     )
 
 

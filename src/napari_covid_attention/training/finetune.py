@@ -1,0 +1,297 @@
+"""Fine-tune the current bundle from annotators' corrections, and promote it only if it is not worse.
+
+Reviewed cases of the annotation store (their final masks, and their confirmed class)
+are split into a training part and a held-out validation part. The infection segmenter
+learns the corrected masks (Dice + CE) and each classifier member learns them through
+the attention loss (plus the classification loss on the confirmed classes). The new
+version is saved to the registry in every case, with its metrics and parent, but becomes
+*current* only when, on the held-out cases, its infection Dice is not lower and its
+classification loss not higher than the current version's; otherwise the current version
+stays and the reason is recorded.
+
+Nothing is written until the very end (one atomic bundle save, then the registry
+pointer), so a cancelled or failed run leaves the current bundle and the store untouched.
+It is a generator of :class:`FinetuneEvent` (CLI progress bars, GUI progress and plots,
+cancel between steps).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from torch.utils.data import DataLoader
+
+from napari_covid_attention.annotations.store import AnnotationStore
+from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.models.bundle import Bundle, Member, load_bundle, save_bundle
+from napari_covid_attention.models.device import autocast, resolve_device
+from napari_covid_attention.models.dsanet import DSANet, DSAOutput
+from napari_covid_attention.models.registry import (
+    next_version,
+    record_rejected,
+    resolve_bundle,
+    set_current,
+    user_bundles_dir,
+)
+from napari_covid_attention.models.segmenter import build_segmenter
+from napari_covid_attention.training.datasets import (
+    ClassifierDataset,
+    PreparedCase,
+    SegmenterDataset,
+    prepare_volume,
+)
+from napari_covid_attention.training.losses import DSALoss, LossConfig
+from napari_covid_attention.training.sampling import WeightedStreamSampler
+from napari_covid_attention.training.trainer import predict_probabilities, segmentation_dice
+
+
+@dataclass
+class FinetuneConfig:
+    bundle: str | Path | None = None  # the current bundle (default: the demo's current version)
+    store_root: Path | None = None
+    registry_root: Path | None = None
+    val_fraction: float = 0.3
+    min_train_cases: int = 2
+    min_val_cases: int = 2
+    classifier_epochs: int = 3
+    segmenter_epochs: int = 10
+    classifier_lr: float = 1e-4
+    segmenter_lr: float = 1e-3
+    batch_size: int = 2
+    attention_weight: float = 1.0
+    tolerance: float = 0.0  # allowed worsening when deciding promotion
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class FinetuneEvent:
+    """``phase``: prepare | evaluate current | segmenter | classifier:<member> | evaluate new | done."""
+
+    phase: str
+    step: int
+    total: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneResult:
+    promoted: bool
+    reason: str
+    bundle_path: Path
+    version: str
+    parent_version: str
+    before: dict[str, float]
+    after: dict[str, float]
+    n_train: int
+    n_val: int
+    skipped: list[str]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["bundle_path"] = str(self.bundle_path)
+        return data
+
+
+@dataclass
+class _Reviewed:
+    key: str  # a short hash of the case identity (never a patient identifier)
+    prepared: PreparedCase
+    labelled: bool
+
+
+def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneResult]:
+    """Run a fine-tuning job; see the module docstring. Returns what was decided and why."""
+    started = time.time()
+    device = resolve_device(config.device)
+    current_path = resolve_bundle(config.bundle)
+    current = load_bundle(current_path)
+    reviewed, skipped = yield from _prepare_reviewed(config, current)
+    train, val = split_cases(reviewed, config)
+
+    yield FinetuneEvent("evaluate current", 0, 1)
+    before = evaluate(current, [r.prepared for r in val], device)
+    yield FinetuneEvent("evaluate current", 1, 1, before)
+
+    segmenter = _fresh_copy(current.segmenter, build_segmenter(current.segmenter_config)).to(device)
+    yield from _tune_segmenter(segmenter, [r.prepared for r in train], current, config, device)
+    members = []
+    labelled = [r.prepared for r in train if r.labelled]
+    for member in current.members:
+        model = _fresh_copy(member.model, DSANet(current.classifier_config)).to(device)
+        if labelled:
+            yield from _tune_classifier(model, member.name, labelled, config, device)
+        members.append(Member(member.name, member.sampling, member.weight, model.eval()))
+    candidate = copy.copy(current)
+    candidate.members, candidate.segmenter = members, segmenter.eval()
+
+    yield FinetuneEvent("evaluate new", 0, 1)
+    after = evaluate(candidate, [r.prepared for r in val], device)
+    yield FinetuneEvent("evaluate new", 1, 1, after)
+
+    promoted, reason = decide(before, after, config.tolerance)
+    version = next_version(current.name, config.registry_root, after=current.version)
+    path = save_bundle(
+        (config.registry_root or user_bundles_dir()) / current.name / version,
+        name=current.name,
+        version=version,
+        label=current.label,
+        class_names=current.class_names,
+        preprocessing=current.preprocessing,
+        members=[Member(m.name, m.sampling, m.weight, m.model.cpu()) for m in members],
+        segmenter=segmenter.cpu(),
+        segmenter_config=current.segmenter_config,
+        metrics={
+            **current.metrics,
+            "finetune": {"before": before, "after": after, "promoted": promoted, "reason": reason, "n_train": len(train), "n_val": len(val)},
+        },
+        training={
+            "kind": "fine-tuning from annotator corrections",
+            "parent_training": current.training.get("command"),
+            "cases_train": [r.key for r in train],
+            "cases_val": [r.key for r in val],
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "seconds": round(time.time() - started, 1),
+        },
+        parent={"name": current.name, "version": current.version},
+    )
+    if promoted:
+        set_current(current.name, version, f"fine-tuned from {current.version}: {reason}", config.registry_root)
+    else:
+        record_rejected(current.name, version, reason, config.registry_root)
+    result = FinetuneResult(promoted, reason, path, version, current.version, before, after, len(train), len(val), skipped)
+    yield FinetuneEvent("done", 1, 1, {"promoted": float(promoted)})
+    return result
+
+
+def decide(before: dict[str, float], after: dict[str, float], tolerance: float = 0.0) -> tuple[bool, str]:
+    """Promote only if infection Dice did not drop and classification loss did not rise."""
+    worse = []
+    if after["dice"] < before["dice"] - tolerance:
+        worse.append(f"infection Dice fell from {before['dice']:.3f} to {after['dice']:.3f}")
+    if not np.isnan(before["nll"]) and after["nll"] > before["nll"] + tolerance:
+        worse.append(f"classification loss rose from {before['nll']:.3f} to {after['nll']:.3f}")
+    if worse:
+        return False, "kept the current version: " + " and ".join(worse) + " on the held-out cases"
+    nll = "" if np.isnan(before["nll"]) else f", classification loss {before['nll']:.3f} -> {after['nll']:.3f}"
+    return True, f"held-out infection Dice {before['dice']:.3f} -> {after['dice']:.3f}{nll}"
+
+
+def evaluate(bundle: Bundle, cases: Sequence[PreparedCase], device: torch.device) -> dict[str, float]:
+    """Held-out infection Dice (segmenter grid) and ensemble classification loss (labelled cases)."""
+    dice = segmentation_dice(bundle.segmenter.to(device), cases, bundle.preprocessing.segmenter_roi, bundle.segmenter_config.divisor, device)
+    labelled = [c for c in cases if c.label >= 0]
+    nll = float("nan")
+    if labelled:
+        prob = sum(m.weight * predict_probabilities(m.model.to(device), labelled, device) for m in bundle.members)
+        labels = np.array([c.label for c in labelled])
+        p_true = np.clip(np.where(labels == 0, prob, 1.0 - prob), 1e-7, 1.0)
+        nll = float(-np.mean(np.log(p_true)))
+    return {"dice": dice, "nll": nll}
+
+
+def split_cases(cases: Sequence[_Reviewed], config: FinetuneConfig) -> tuple[list[_Reviewed], list[_Reviewed]]:
+    """A held-out part, the same for the same cases and seed (ordered by case key)."""
+    needed = config.min_train_cases + config.min_val_cases
+    if len(cases) < needed:
+        raise UserFacingError(
+            f"Fine-tuning needs at least {needed} reviewed cases with their scans kept; the store has {len(cases)}."
+        )
+    ordered = sorted(cases, key=lambda c: c.key)
+    order = np.random.default_rng(config.seed).permutation(len(ordered))
+    n_val = min(max(config.min_val_cases, round(config.val_fraction * len(ordered))), len(ordered) - config.min_train_cases)
+    return [ordered[i] for i in order[n_val:]], [ordered[i] for i in order[:n_val]]
+
+
+def _prepare_reviewed(config: FinetuneConfig, bundle: Bundle) -> Generator[FinetuneEvent, None, tuple[list[_Reviewed], list[str]]]:
+    store = AnnotationStore(config.store_root)
+    try:
+        cases = store.reviewed_cases()
+        reviewed, skipped = [], []
+        for i, case in enumerate(cases):
+            scan = store.load_scan(case.id)
+            if scan is None:
+                skipped.append(f"case {case.id} ({case.source_name or 'unnamed'}): its scan was not kept; open it again to fine-tune on it")
+                continue
+            label = bundle.class_names.index(case.label) if case.label in bundle.class_names else -1
+            prepared = prepare_volume(scan, bundle.preprocessing, label=label, infection=store.latest(case.id))
+            reviewed.append(_Reviewed(hashlib.sha256(case.identity.encode()).hexdigest()[:12], prepared, label >= 0))
+            yield FinetuneEvent("prepare", i + 1, len(cases))
+    finally:
+        store.close()
+    return reviewed, skipped
+
+
+def _tune_segmenter(
+    model: torch.nn.Module, cases: list[PreparedCase], bundle: Bundle, config: FinetuneConfig, device: torch.device
+) -> Generator[FinetuneEvent, None, None]:
+    dataset = SegmenterDataset(cases, bundle.preprocessing.segmenter_patch, seed=config.seed)
+    sampler = WeightedStreamSampler(np.ones(len(dataset)), len(dataset), seed=config.seed)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler)
+    criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.segmenter_lr)
+    total = config.segmenter_epochs * len(loader)
+    step = 0
+    for epoch in range(config.segmenter_epochs):
+        sampler.set_epoch(epoch)
+        _train_keeping_norm_statistics(model)
+        for batch in loader:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                logits = model(batch["image"].to(device))
+            loss = criterion(logits.float(), batch["label"].to(device))
+            loss.backward()
+            optimizer.step()
+            step += 1
+            yield FinetuneEvent("segmenter", step, total, {"loss": float(loss.detach())})
+    model.eval()
+
+
+def _tune_classifier(
+    model: torch.nn.Module, name: str, cases: list[PreparedCase], config: FinetuneConfig, device: torch.device
+) -> Generator[FinetuneEvent, None, None]:
+    sampler = WeightedStreamSampler(np.ones(len(cases)), len(cases), seed=config.seed)
+    loader = DataLoader(ClassifierDataset(cases, augment=True, seed=config.seed), batch_size=config.batch_size, sampler=sampler)
+    criterion = DSALoss(LossConfig(attention_weight=config.attention_weight)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.classifier_lr)
+    total = config.classifier_epochs * len(loader)
+    step = 0
+    for epoch in range(config.classifier_epochs):
+        sampler.set_epoch(epoch)
+        _train_keeping_norm_statistics(model)
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                output = DSAOutput(*model(batch["image"], return_all=True))
+            loss, parts = criterion(output, batch)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            yield FinetuneEvent(f"classifier:{name}", step, total, {"loss": parts["total"], "attention": parts["attention"]})
+    model.eval()
+
+
+def _fresh_copy(source: torch.nn.Module, blank: torch.nn.Module) -> torch.nn.Module:
+    """The weights of ``source`` in a new module: a deep copy would also copy the explainer's
+    hooks and frozen ``requires_grad`` flags that a model used for diagnosis carries."""
+    blank.load_state_dict(source.state_dict())
+    return blank
+
+
+def _train_keeping_norm_statistics(model: torch.nn.Module) -> None:
+    """Train mode, but batch-norm layers keep their running statistics: a handful of
+    corrected cases in batches of two would otherwise overwrite what the model learned
+    from thousands of scans."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()

@@ -1,0 +1,129 @@
+"""The correction loop without a GUI: store -> fine-tune -> validated new version, or nothing."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from napari_covid_attention.annotations import AnnotationStore
+from napari_covid_attention.data.synthetic import generate_phantom
+from napari_covid_attention.diagnosis import diagnose
+from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.models.bundle import load_bundle
+from napari_covid_attention.models.registry import current_bundle, list_bundles, rollback
+from napari_covid_attention.training import finetune as finetune_module
+from napari_covid_attention.training.finetune import FinetuneConfig, decide, finetune
+
+N_CASES = 10
+
+
+@pytest.fixture(scope="module")
+def corrected_store(tmp_path_factory, tiny_bundle):
+    """10 reviewed cases: the model's masks as originals, the true masks as corrections."""
+    root = tmp_path_factory.mktemp("store")
+    bundle = load_bundle(tiny_bundle)
+    with AnnotationStore(root) as store:
+        for seed in range(N_CASES):
+            phantom = generate_phantom(100 + seed, shape=(32, 64, 64))
+            case = store.open_case(phantom.volume, source_name=f"phantom-{seed}")
+            store.keep_scan(case.id, phantom.volume)
+            predicted = diagnose(phantom.volume, bundle, "cpu").infection_mask
+            store.set_original(case.id, predicted, model="tiny-test 0.0.1")
+            store.save_version(case.id, phantom.infection_mask, annotator="test annotator")
+            store.mark_reviewed(case.id, annotator="test annotator", label=phantom.label)
+    return root
+
+
+def _config(store_root, registry_root, bundle, **overrides):
+    values = dict(bundle=str(bundle), store_root=store_root, registry_root=registry_root, segmenter_epochs=12,
+                  classifier_epochs=1, segmenter_lr=3e-3, device="cpu")
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+def _run(job):
+    events = []
+    while True:
+        try:
+            events.append(next(job))
+        except StopIteration as done:
+            return done.value, events
+
+
+def _digest(folder):
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_finetuning_saves_a_candidate_and_promotes_by_the_rule(corrected_store, tiny_bundle, tmp_path):
+    """Mechanics at toy size (the demo-bundle test below checks the Dice gain itself)."""
+    registry = tmp_path / "bundles"
+    result, events = _run(finetune(_config(corrected_store, registry, tiny_bundle)))
+    assert {e.phase for e in events} >= {"prepare", "evaluate current", "segmenter", "classifier:uniform", "evaluate new", "done"}
+    assert result.n_train + result.n_val == N_CASES and result.n_val >= 3
+    assert (result.promoted, result.reason) == decide(result.before, result.after)
+    new = load_bundle(result.bundle_path)
+    assert new.parent == {"name": "tiny-test", "version": "0.0.1"} and result.version == "0.1.0"
+    assert new.metrics["finetune"]["after"] == result.after
+    # a rejected candidate is kept for inspection but never becomes current by default
+    assert (current_bundle("tiny-test", registry) == result.bundle_path) == result.promoted
+
+
+def test_a_worse_candidate_is_kept_but_not_promoted():
+    promoted, reason = decide({"dice": 0.6, "nll": 0.4}, {"dice": 0.55, "nll": 0.3})
+    assert not promoted and "Dice fell from 0.600 to 0.550" in reason
+    promoted, reason = decide({"dice": 0.6, "nll": 0.4}, {"dice": 0.7, "nll": 0.5})
+    assert not promoted and "classification loss rose" in reason
+    assert decide({"dice": 0.6, "nll": float("nan")}, {"dice": 0.6, "nll": float("nan")})[0]
+
+
+def test_cancel_mid_way_leaves_bundle_registry_and_store_untouched(corrected_store, tiny_bundle, tmp_path):
+    registry = tmp_path / "bundles"
+    before = (_digest(corrected_store), _digest(tiny_bundle))
+    job = finetune(_config(corrected_store, registry, tiny_bundle))
+    for event in job:
+        if event.phase == "segmenter":
+            break
+    job.close()  # what the GUI's Cancel does to the worker's generator
+    assert not registry.exists() or not any(registry.rglob("bundle.json"))
+    assert (_digest(corrected_store), _digest(tiny_bundle)) == before
+
+
+def test_an_error_mid_way_leaves_everything_untouched(corrected_store, tiny_bundle, tmp_path, monkeypatch):
+    registry = tmp_path / "bundles"
+    before = (_digest(corrected_store), _digest(tiny_bundle))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure during training")
+
+    monkeypatch.setattr(finetune_module, "_tune_classifier", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _run(finetune(_config(corrected_store, registry, tiny_bundle)))
+    assert not registry.exists() or not any(registry.rglob("bundle.json"))
+    assert (_digest(corrected_store), _digest(tiny_bundle)) == before
+
+
+def test_rollback_makes_the_parent_current_again(corrected_store, tiny_bundle, tmp_path, monkeypatch):
+    registry = tmp_path / "bundles"
+    monkeypatch.setattr("napari_covid_attention.models.registry.user_bundles_dir", lambda: registry)
+    result, _ = _run(finetune(_config(corrected_store, registry, tiny_bundle, segmenter_epochs=1, tolerance=1.0)))
+    assert result.promoted and current_bundle("tiny-test", registry) == result.bundle_path
+    with pytest.raises(Exception, match="no version 0.0.1"):
+        rollback("tiny-test", registry)  # the parent lives outside this registry
+    titles = [b.title for b in list_bundles(registry) if b.name == "tiny-test"]
+    assert any("0.1.0 (current)" in t for t in titles)
+
+
+def test_too_few_reviewed_cases_is_a_clear_error(tmp_path, tiny_bundle):
+    AnnotationStore(tmp_path / "empty").close()
+    with pytest.raises(UserFacingError, match="at least 4 reviewed cases"):
+        _run(finetune(_config(tmp_path / "empty", tmp_path / "bundles", tiny_bundle)))
+
+
+def test_scores_are_numbers(corrected_store, tiny_bundle):
+    assert np.isfinite(load_bundle(tiny_bundle).members[0].weight)
