@@ -13,6 +13,15 @@ CHEST_SERIES = SHARED_DATA / "chest-ct-dicom-lung-pet-ct-dx"
 ODD_CORPUS = SHARED_DATA / "dicom-odd-corpus"
 
 
+@pytest.fixture(autouse=True)
+def isolated_user_data(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own user data folder: tests never touch the real bundles,
+    annotation store or settings of the person running them."""
+    home = tmp_path_factory.mktemp("user-data")
+    monkeypatch.setenv("NAPARI_COVID_ATTENTION_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def chest_series_dir() -> Path:
     """The real 30-slice chest CT DICOM series; skips the test when the data is absent."""
