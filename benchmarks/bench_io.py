@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, peak_rss_mb  # noqa: E402
+from _common import machine, peak_rss_mb, write_dicom_series  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("COVID_ATTENTION_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -105,37 +104,12 @@ def _run_worker(reader: str, folder: Path, repeats: int) -> dict:
 
 def write_synthetic_series(folder: Path, slices: int, size: int = 512) -> Path:
     """An uncompressed CT series with shuffled file names and InstanceNumbers."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
     rng = np.random.default_rng(0)
-    body = rng.integers(900, 1200, size=(size, size), dtype=np.uint16)
+    body = rng.integers(900, 1200, size=(size, size), dtype=np.uint16).astype(np.int16) - 1024
     yy, xx = np.mgrid[:size, :size]
-    body[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 > (0.45 * size) ** 2] = 24  # air
-    order = list(range(slices))
-    random.Random(1).shuffle(order)
-    series, study = generate_uid(), generate_uid()
-    for k in range(slices):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-        ds.Modality, ds.PatientName, ds.PatientID = "CT", "Bench^Synthetic", "0"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.InstanceNumber = order[k] + 1
-        ds.ImagePositionPatient = [-160.0, -160.0, 1.25 * k]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [0.625, 0.625], 1.25
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = (body + (k % 50)).astype(np.uint16).tobytes()
-        pydicom.dcmwrite(
-            folder / f"{random.Random(k).getrandbits(40):010x}.dcm", ds, enforce_file_format=True
-        )
-    return folder
+    body[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 > (0.45 * size) ** 2] = -1000  # air
+    hu = np.stack([body + (k % 50) for k in range(slices)])
+    return write_dicom_series(folder, hu, (1.25, 0.625, 0.625), (-160.0, -160.0, 0.0))
 
 
 # ------------------------------------------------------------------------- report

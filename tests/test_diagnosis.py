@@ -13,6 +13,7 @@ from napari_covid_attention.cli import main
 from napari_covid_attention.data.synthetic import generate_phantom
 from napari_covid_attention.diagnosis import MAP_NAMES, STAGES, diagnose
 from napari_covid_attention.io import CTVolume, load_ct
+from napari_covid_attention.jobs import run_to_end
 from napari_covid_attention.models.bundle import load_bundle
 from napari_covid_attention.preprocess.lung import NoLungsFoundError
 from napari_covid_attention.training.evaluate import evaluate_bundle
@@ -111,12 +112,7 @@ def test_cli_diagnose_refuses_to_write_into_a_dicom_input_folder(tiny_bundle, tm
 def test_evaluation_report(tiny_dataset, tiny_bundle, tmp_path):
     run = evaluate_bundle(load_bundle(tiny_bundle), tiny_dataset, tmp_path / "report", device="cpu", n_bootstrap=50)
     steps = []
-    while True:
-        try:
-            steps.append(next(run))
-        except StopIteration as done:
-            report = done.value
-            break
+    report = run_to_end(run, steps.append)
     assert steps[-1] == (12, 12)
     for name in ("report.json", "report.md", "roc.png", "cases.csv"):
         assert (tmp_path / "report" / name).is_file()

@@ -11,6 +11,7 @@ from napari_covid_attention.annotations import AnnotationStore
 from napari_covid_attention.data.synthetic import generate_phantom
 from napari_covid_attention.diagnosis import diagnose
 from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.jobs import run_to_end
 from napari_covid_attention.models.bundle import load_bundle
 from napari_covid_attention.models.registry import current_bundle, list_bundles, rollback
 from napari_covid_attention.training import finetune as finetune_module
@@ -45,11 +46,7 @@ def _config(store_root, registry_root, bundle, **overrides):
 
 def _run(job):
     events = []
-    while True:
-        try:
-            events.append(next(job))
-        except StopIteration as done:
-            return done.value, events
+    return run_to_end(job, events.append), events
 
 
 def _digest(folder):

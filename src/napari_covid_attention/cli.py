@@ -9,6 +9,7 @@ from pathlib import Path
 
 from napari_covid_attention import __version__
 from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.jobs import run_to_end
 
 
 def _tqdm_progress(description: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
@@ -95,26 +96,25 @@ def _drive(run):
     """Consume a training generator, drawing one tqdm bar per phase; returns its result."""
     from tqdm import tqdm
 
-    bar, phase = None, None
+    state = {"bar": None, "phase": None}
+
+    def show(event) -> None:
+        if event.phase != state["phase"]:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["phase"] = event.phase
+            state["bar"] = tqdm(total=event.total, desc=event.phase, dynamic_ncols=True)
+        bar = state["bar"]
+        bar.total, bar.n = event.total, event.step
+        if event.metrics:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()}, refresh=False)
+        bar.refresh()
+
     try:
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as done:
-                return done.value
-            if event.phase != phase:
-                if bar is not None:
-                    bar.close()
-                phase = event.phase
-                bar = tqdm(total=event.total, desc=phase, dynamic_ncols=True)
-            bar.total = event.total
-            bar.n = event.step
-            if event.metrics:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()}, refresh=False)
-            bar.refresh()
+        return run_to_end(run, show)
     finally:
-        if bar is not None:
-            bar.close()
+        if state["bar"] is not None:
+            state["bar"].close()
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -124,14 +124,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(resolve_bundle(args.bundle))
     progress, close = _tqdm_progress("evaluating")
-    run = evaluate_bundle(bundle, args.manifest, args.out, device=args.device, n_bootstrap=args.bootstrap)
     try:
-        while True:
-            try:
-                progress(*next(run))
-            except StopIteration as done:
-                report = done.value
-                break
+        report = run_to_end(
+            evaluate_bundle(bundle, args.manifest, args.out, device=args.device, n_bootstrap=args.bootstrap),
+            lambda step: progress(*step),
+        )
     finally:
         close()
     overall = report["overall"]["ensemble"]["metrics"]

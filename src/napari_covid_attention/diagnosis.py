@@ -27,6 +27,7 @@ from napari_covid_attention.explain.localization import (
     upsample_map,
 )
 from napari_covid_attention.io.volume import CTVolume
+from napari_covid_attention.jobs import run_to_end
 from napari_covid_attention.models.bundle import Bundle
 from napari_covid_attention.models.device import autocast, is_out_of_memory, resolve_device
 from napari_covid_attention.models.segmenter import infection_probability
@@ -150,14 +151,7 @@ def diagnose(
     progress: Callable[[int, str], None] | None = None,
 ) -> Diagnosis:
     """Run the full diagnosis; ``progress(stage_index, stage_name)`` after each stage."""
-    steps = diagnose_steps(volume, bundle, device)
-    while True:
-        try:
-            index, stage = next(steps)
-        except StopIteration as done:
-            return done.value
-        if progress is not None:
-            progress(index, stage)
+    return run_to_end(diagnose_steps(volume, bundle, device), None if progress is None else lambda step: progress(*step))
 
 
 def diagnose_steps(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from napari_covid_attention.atomic import write_json_atomic
 from napari_covid_attention.paths import data_home
 
 
@@ -29,9 +28,4 @@ def save_setting(key: str, value: str | None) -> None:
         data.pop(key, None)
     else:
         data[key] = value
-    path = _path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
+    write_json_atomic(_path(), data)

@@ -9,18 +9,16 @@ name (temporary file, fsync, rename, directory fsync) or not at all.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from napari_covid_attention.atomic import TEMP_PREFIX, atomic_path
 from napari_covid_attention.errors import UserFacingError
 
 MASK_DTYPE = np.dtype(np.uint8)
 MASK_SUFFIX = ".npz"
-TEMP_PREFIX = ".tmp-"
 # A temporary file this old cannot belong to a save still in progress in another process.
 STALE_TEMP_SECONDS = 3600.0
 
@@ -84,17 +82,8 @@ def write_mask(folder: Path, mask: np.ndarray, digest: str) -> str:
 
 def write_npz_atomic(target: Path, **arrays: np.ndarray) -> None:
     """Write a zip-deflated ``.npz`` so that ``target`` is complete or absent, never partial."""
-    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=MASK_SUFFIX, dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
+    with atomic_path(target, suffix=MASK_SUFFIX) as temp:
+        np.savez_compressed(temp, **arrays)
 
 
 def read_mask(path: Path, digest: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -109,17 +98,6 @@ def read_mask(path: Path, digest: str, shape: tuple[int, ...]) -> np.ndarray:
     if mask.dtype != MASK_DTYPE or tuple(mask.shape) != tuple(shape) or mask_digest(mask) != digest:
         raise _damaged(path)
     return mask
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or new entry in ``folder`` durable (POSIX; Windows has no directory fsync)."""
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_stale_temp_files(folder: Path) -> None:

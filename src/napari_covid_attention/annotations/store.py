@@ -42,7 +42,6 @@ from napari_covid_attention.annotations.files import (
     AnnotationStoreError,
     DamagedMaskError,
     as_mask,
-    fsync_dir,
     mask_digest,
     read_mask,
     remove_stale_temp_files,
@@ -58,6 +57,7 @@ from napari_covid_attention.annotations.index import (
     connect,
     version_from_row,
 )
+from napari_covid_attention.atomic import fsync_dir
 from napari_covid_attention.io.nifti import save_nifti
 from napari_covid_attention.io.volume import CTVolume
 from napari_covid_attention.paths import data_home

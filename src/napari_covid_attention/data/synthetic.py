@@ -9,7 +9,6 @@ derived from one integer seed, so a phantom is the same on every run and in ever
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from napari_covid_attention.atomic import write_csv_atomic
 from napari_covid_attention.classes import CAP, CLASS_NAMES, COVID, LESION_TYPES
 from napari_covid_attention.data.phantom_anatomy import HU_PADDING, Grid, build_anatomy, sample_plan
 from napari_covid_attention.data.phantom_lesions import draw_infection, sample_infection_fraction
@@ -282,10 +282,4 @@ def _write_case(
 
 
 def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
-    """Write the CSV to a temporary file and rename it, so a manifest is never half written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv_atomic(path, rows, list(MANIFEST_COLUMNS), extrasaction="ignore")

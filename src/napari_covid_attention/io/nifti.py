@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from napari_covid_attention.atomic import atomic_path
 from napari_covid_attention.io import geometry
 from napari_covid_attention.io.volume import AIR_HU, CTLoadError, CTVolume, hu_array
 
@@ -109,27 +109,9 @@ def save_nifti(
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     img.header.set_xyzt_units(xyz="mm")
-    _atomic_write(path, img)
+    with atomic_path(path) as temp:
+        nib.save(img, str(temp))
     return path
-
-
-def _atomic_write(path: Path, img: nib.Nifti1Image) -> None:
-    """Write to a temporary file in the target folder, fsync, then rename over the target.
-
-    A crash mid-write leaves either the old file or the new one, never half of one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp_name)
-        with open(tmp_name, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def _short(exc: Exception) -> str:

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from napari_covid_attention.atomic import fsync_dir
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.models.dsanet import DSANet, DSANetConfig
 from napari_covid_attention.models.segmenter import SegmenterConfig, build_segmenter
@@ -193,7 +194,7 @@ def save_bundle(
             "parent": parent,
         }
         (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -243,11 +244,3 @@ def _refuse_pickles(folder: Path) -> None:
                 f"{folder.name} contains {file.name}, a pickle-based file that could run code; "
                 "bundles hold weights only as .safetensors."
             )
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

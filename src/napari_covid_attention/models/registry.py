@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from napari_covid_attention.atomic import write_json_atomic
 from napari_covid_attention.models.bundle import BUNDLE_JSON, BundleError, read_bundle_json
 from napari_covid_attention.paths import data_home
 
@@ -125,7 +125,7 @@ def set_current(name: str, version: str, reason: str, root: Path | None = None) 
     else:
         record["current"] = version
     record["log"].append({"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "current": version, "reason": reason})
-    _write_json_atomic(root / name / CURRENT_JSON, record)
+    write_json_atomic(root / name / CURRENT_JSON, record)
     return target
 
 
@@ -135,7 +135,7 @@ def record_rejected(name: str, version: str, reason: str, root: Path | None = No
     record = _read_current(root, name) or {"log": []}
     record.setdefault("rejected", []).append(version)
     record["log"].append({"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rejected": version, "reason": reason})
-    _write_json_atomic(root / name / CURRENT_JSON, record)
+    write_json_atomic(root / name / CURRENT_JSON, record)
 
 
 def rollback(name: str, root: Path | None = None) -> Path:
@@ -187,17 +187,3 @@ def _read_current(root: Path, name: str) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -31,10 +31,12 @@ from monai.transforms import (
 )
 from torch.utils.data import Dataset
 
+from napari_covid_attention.atomic import atomic_path
 from napari_covid_attention.classes import CLASS_NAMES, LESION_TYPES
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io.load import load_ct
 from napari_covid_attention.io.volume import CTVolume
+from napari_covid_attention.jobs import run_to_end
 from napari_covid_attention.preprocess.lung import lung_mask as compute_lung_mask
 from napari_covid_attention.preprocess.pipeline import (
     PreprocessConfig,
@@ -201,12 +203,7 @@ def prepare_cases(
     cases: Sequence[Case], config: PreprocessConfig, cache_dir: str | os.PathLike | None = None, workers: int = 1
 ) -> list[PreparedCase]:
     """:func:`iter_prepared` without progress."""
-    steps = iter_prepared(cases, config, cache_dir, workers)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    return run_to_end(iter_prepared(cases, config, cache_dir, workers))
 
 
 class ClassifierDataset(Dataset):
@@ -319,9 +316,8 @@ def _write_cache(path: Path, case: PreparedCase) -> None:
     }
     if case.lesion_flags is not None:
         arrays["lesion_flags"] = case.lesion_flags
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as temp:
+        np.savez(temp, **arrays)
 
 
 def _read_cache(path: Path) -> PreparedCase | None:

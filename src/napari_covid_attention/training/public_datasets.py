@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_covid_attention.atomic import write_csv_atomic, write_json_atomic
 from napari_covid_attention.classes import CAP, CLASS_NAMES, COVID, LESION_TYPES
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io import geometry
@@ -216,7 +217,7 @@ def import_dataset(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _write_manifest(manifest, run.rows)
-    _write_json(out / SUMMARY_NAME, _summary(layout, label, run, scan.notes))
+    write_json_atomic(out / SUMMARY_NAME, _summary(layout, label, run, scan.notes))
     _remove_stale(out, previous - set(run.staged))
     return manifest
 
@@ -871,15 +872,4 @@ def _remove_stale(out: Path, names: Iterable[str]) -> None:
 
 
 def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_csv_atomic(path, rows, list(MANIFEST_COLUMNS), restval="")

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 from napari_covid_attention._layer_data import plugin_meta
 from napari_covid_attention.diagnosis import STAGES, Diagnosis, diagnose_steps
 from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.jobs import run_to_end
 from napari_covid_attention.models.bundle import Bundle, load_bundle
 from napari_covid_attention.models.device import available_devices
 from napari_covid_attention.models.registry import bundle_info, list_bundles
@@ -251,7 +252,7 @@ class DiagnoseWidget(QWidget):
         bundle = self._bundle(bundle_path)
         yield "model loaded"
         steps = diagnose_steps(volume, bundle, device)
-        while True:
+        while True:  # re-yield (index, stage) as the stage name, for the progress display
             try:
                 _index, stage = next(steps)
             except StopIteration as done:
@@ -260,15 +261,12 @@ class DiagnoseWidget(QWidget):
 
     def _run_here(self, job, layer) -> Diagnosis | None:
         try:
-            while True:
-                try:
-                    self._on_stage(next(job))
-                except StopIteration as done:
-                    self._on_result(done.value, layer)
-                    return done.value
+            result = run_to_end(job, self._on_stage)
         except Exception as exc:  # noqa: BLE001 - shown to the user like the threaded path
             self._on_error(exc)
             return None
+        self._on_result(result, layer)
+        return result
 
     def cancel(self) -> None:
         """Stop at the next stage boundary; nothing is added to the viewer."""

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 
 from napari_covid_attention.annotations import AnnotationStore
 from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.jobs import run_to_end
 from napari_covid_attention.models.registry import (
     DEMO_BUNDLE,
     bundle_info,
@@ -121,12 +122,8 @@ class FinetuneWidget(QWidget):
         self.result = None
         self._set_busy(True)
         if not threaded:
-            job = finetune(config)
             try:
-                while True:
-                    self._on_event(next(job))
-            except StopIteration as done:
-                self._on_result(done.value)
+                self._on_result(run_to_end(finetune(config), self._on_event))
             except UserFacingError as exc:
                 self._on_error(exc)
             self._set_busy(False)

@@ -1,0 +1,103 @@
+"""Benchmark: does the viewer stay responsive while a diagnosis runs in the background?
+
+A QTimer heartbeat fires every 10 ms on napari's main thread while the dock widget runs a
+diagnosis in its worker; every gap between beats beyond the 10 ms period is main-thread
+stall. Target (DESIGN.md section 5): no stall > 50 ms. The same is measured with the
+viewer idle (the baseline of this machine) and with torch limited to fewer threads, to
+see whether torch's thread pool competing with the GUI thread is what stalls it.
+
+    python benchmarks/bench_ui.py [--bundle demo] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+PERIOD_MS = 10
+
+
+def measure(viewer, widget, seconds_idle: float = 2.0) -> dict[str, float]:
+    """Stalls (ms) with the viewer idle, then while one threaded diagnosis runs."""
+    from qtpy.QtCore import QElapsedTimer, QTimer
+    from qtpy.QtWidgets import QApplication
+
+    beats: list[float] = []
+    clock = QElapsedTimer()
+    clock.start()
+    timer = QTimer()
+    timer.setInterval(PERIOD_MS)
+    timer.timeout.connect(lambda: beats.append(clock.elapsed()))
+    timer.start()
+
+    def run_until(condition, limit_s: float) -> None:
+        end = time.perf_counter() + limit_s
+        while not condition() and time.perf_counter() < end:
+            QApplication.processEvents()
+            time.sleep(0.001)
+
+    start = time.perf_counter()
+    run_until(lambda: time.perf_counter() - start > seconds_idle, seconds_idle + 1)
+    idle = _stalls(beats)
+    beats.clear()
+    started = time.perf_counter()
+    worker = widget.run_diagnosis()
+    done = {"flag": False}
+    worker.finished.connect(lambda: done.__setitem__("flag", True))
+    run_until(lambda: done["flag"], 600)
+    elapsed = time.perf_counter() - started
+    timer.stop()
+    busy = _stalls(beats)
+    return {"idle_max": idle[0], "idle_p99": idle[1], "busy_max": busy[0], "busy_p99": busy[1], "seconds": elapsed}
+
+
+def _stalls(beats: list[float]) -> tuple[float, float]:
+    gaps = [b - a - PERIOD_MS for a, b in zip(beats, beats[1:], strict=False)]
+    if not gaps:
+        return 0.0, 0.0
+    gaps.sort()
+    return max(gaps), gaps[int(0.99 * (len(gaps) - 1))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default=None)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--torch-threads", type=int, nargs="*", default=None, help="thread counts to compare (default: all cores, then one fewer)")
+    args = parser.parse_args()
+
+    import napari
+    import torch
+
+    print(f"machine: {machine()}")
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    layer = viewer.open_sample("napari-covid-attention", "covid_phantom")[0]
+    print(f"scan: {layer.name}, {layer.data.shape}")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-covid-attention", "COVID-19 attention")
+    if args.bundle:
+        widget.set_bundle(args.bundle)
+    widget.layer_combo.setCurrentText(layer.name)
+    widget.run_diagnosis(threaded=False)  # warm-up: model loading, first-call costs
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    thread_counts = args.torch_threads or sorted({cores, max(1, cores - 1)}, reverse=True)
+    print(f"\n{'torch threads':>13} {'idle max ms':>12} {'idle p99':>9} {'busy max ms':>12} {'busy p99':>9} {'diagnosis s':>12}")
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        rows = [measure(viewer, widget) for _ in range(args.runs)]
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        worst = max(r["busy_max"] for r in rows)
+        print(f"{threads:>13} {med['idle_max']:>12.1f} {med['idle_p99']:>9.1f} {med['busy_max']:>12.1f} {med['busy_p99']:>9.1f} {med['seconds']:>12.2f}   (worst busy stall over {args.runs} runs: {worst:.1f} ms)")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
