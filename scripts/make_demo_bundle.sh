@@ -14,7 +14,7 @@ napari-covid-attention synth --n 300 --seed 3 --out "$work/test" --overwrite
 rm -rf "$bundle"
 napari-covid-attention train --demo --name demo --version 1.0.0 \
     --train "$work/train/manifest.csv" --val "$work/val/manifest.csv" --out "$bundle" \
-    --sampling dual --q 0 --lesion-head --epochs 8 --segmenter-epochs 4 --seed 0 \
+    --sampling dual --q 0 --lesion-head --attention-gain 5 --epochs 12 --segmenter-epochs 4 --seed 0 \
     --cache-dir "$work/cache"
 
 napari-covid-attention evaluate --bundle "$bundle" --manifest "$work/test/manifest.csv" --out docs/demo-model

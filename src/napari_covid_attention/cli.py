@@ -70,7 +70,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             segmenter_roi=tuple(args.segmenter_roi),
             segmenter_patch=tuple(args.segmenter_patch),
         ),
-        classifier=DSANetConfig(layers=tuple(args.layers), widths=tuple(args.widths), lesion_head=args.lesion_head),
+        classifier=DSANetConfig(
+            layers=tuple(args.layers), widths=tuple(args.widths), lesion_head=args.lesion_head, attention_gain=args.attention_gain
+        ),
         segmenter=SegmenterConfig(channels=tuple(args.segmenter_channels), strides=(2,) * (len(args.segmenter_channels) - 1)),
         loss=LossConfig(attention_weight=args.attention_weight, attention_kind=args.attention_loss, classification=args.loss),
         sampling=args.sampling,
@@ -83,6 +85,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         cache_dir=args.cache_dir,
+        intensity_augment=args.intensity_augment,
         command="napari-covid-attention " + " ".join(args.argv),
     )
     run = cross_validate(config, args.folds) if args.folds else train_bundle(config)
@@ -251,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--attention-weight", type=float, default=1.0, help="lambda of the attention loss")
     train.add_argument("--attention-loss", choices=("mse", "dice"), default="mse")
     train.add_argument("--lesion-head", action="store_true", help="also predict the five lesion types")
+    train.add_argument("--attention-gain", type=float, default=1.0, help="pooling weight of attended locations: mean(F * (1 + gain * A))")
+    train.add_argument("--intensity-augment", action="store_true", help="also jitter intensities (HU are calibrated: off by default)")
     train.add_argument("--classifier-shape", type=int, nargs=3, default=(48, 96, 128), metavar=("Z", "Y", "X"))
     train.add_argument("--segmenter-spacing", type=float, nargs=3, default=(4.0, 2.0, 2.0), metavar=("Z", "Y", "X"), help="segmenter voxel size in mm")
     train.add_argument("--segmenter-roi", type=int, nargs=3, default=(80, 160, 208), metavar=("Z", "Y", "X"), help="inference window")

@@ -105,7 +105,7 @@ def _plan_covid(rng: np.random.Generator, fraction: float) -> list[LesionSpec]:
     """Multifocal peripheral ground glass; a stage decides crazy paving and consolidation."""
     odd = atypia(fraction)
     n = int(np.clip(1 + rng.poisson(max(0.3, 1.3 + 2.0 * (np.log10(fraction) + 2.5))), 1, 10))
-    p_consolidative = 0.15 + 0.2 * odd
+    p_consolidative = 0.08 + 0.2 * odd
     stage = rng.choice(
         ["early", "progressive", "consolidative"],
         p=[(1 - p_consolidative) / 2, (1 - p_consolidative) / 2, p_consolidative],
@@ -114,7 +114,7 @@ def _plan_covid(rng: np.random.Generator, fraction: float) -> list[LesionSpec]:
     reticular = stage == "progressive" and rng.random() < 0.65 or stage == "early" and rng.random() < 0.12
     shares = rng.dirichlet(np.full(n, 1.5))
     specs = []
-    for side, share in zip(_sides(rng, n, 0.85 - 0.25 * odd), shares, strict=False):
+    for side, share in zip(_sides(rng, n, 0.9 - 0.25 * odd), shares, strict=False):
         if stage == "consolidative":
             core = rng.uniform(0.5, 0.9)
         elif stage == "progressive" and rng.random() < 0.55:
@@ -142,7 +142,7 @@ def _plan_covid(rng: np.random.Generator, fraction: float) -> list[LesionSpec]:
 def _plan_cap(rng: np.random.Generator, fraction: float) -> list[LesionSpec]:
     """Lobar/segmental consolidation (mostly one lung), or patchy bronchopneumonia."""
     odd = atypia(fraction)
-    p_patchy, p_glassy = 0.2 + 0.15 * odd, 0.12 + 0.15 * odd
+    p_patchy, p_glassy = 0.1 + 0.15 * odd, 0.06 + 0.12 * odd
     pattern = rng.choice(["patchy", "glassy", "lobar"], p=[p_patchy, p_glassy, 1 - p_patchy - p_glassy])
     if pattern == "patchy":  # bronchopneumonia: central patches, often both lower lobes
         n = int(rng.integers(3, 8))

@@ -38,6 +38,9 @@ class DSANetConfig:
     num_classes: int = 2
     lesion_head: bool = False
     dropout: float = 0.2
+    # Features are pooled as mean(F * (1 + gain * A)): gain 1 doubles attended locations
+    # at most; a larger gain lets a small lesion dominate the pooled evidence.
+    attention_gain: float = 1.0
 
     @classmethod
     def from_dict(cls, data: dict) -> DSANetConfig:
@@ -101,7 +104,7 @@ class DSANet(nn.Module):
     def forward(self, x: torch.Tensor, return_all: bool = False):
         features = self.feature_map(x)
         attention = self.attention(features, self.classifier.weight)
-        pooled = self.dropout((features * (1.0 + attention)).mean(dim=(2, 3, 4)))
+        pooled = self.dropout((features * (1.0 + self.config.attention_gain * attention)).mean(dim=(2, 3, 4)))
         logits = self.classifier(pooled)
         # Computed even when not returned: hooks (the explainer's) read it from the same pass.
         lesion = self.lesion_head(pooled) if self.lesion_head is not None else None

@@ -207,19 +207,24 @@ def prepare_cases(
 
 
 class ClassifierDataset(Dataset):
-    """Classifier inputs with label, infection target, lesion flags; light augmentation."""
+    """Classifier inputs with label, infection target, lesion flags; light augmentation.
 
-    def __init__(self, cases: Sequence[PreparedCase], augment: bool = False, seed: int = 0) -> None:
+    Augmentation mirrors left-right (lesion patterns do not depend on the side they are
+    on); intensity jitter is optional because HU are calibrated and the density of a
+    lesion (ground glass vs consolidation) is part of the diagnosis.
+    """
+
+    def __init__(self, cases: Sequence[PreparedCase], augment: bool = False, seed: int = 0, intensity: bool = False) -> None:
         self.cases = cases
         self.transform = None
         if augment:
-            self.transform = Compose(
-                [
-                    RandFlipd(keys=["image", "infection"], prob=0.5, spatial_axis=2),
+            steps = [RandFlipd(keys=["image", "infection"], prob=0.5, spatial_axis=2)]
+            if intensity:
+                steps += [
                     RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
                     RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
                 ]
-            ).set_random_state(seed)
+            self.transform = Compose(steps).set_random_state(seed)
 
     def __len__(self) -> int:
         return len(self.cases)

@@ -91,6 +91,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 2  # preprocessing processes
+    intensity_augment: bool = False
     cache_dir: Path | None = None
     command: str = ""
 
@@ -303,7 +304,8 @@ def _fit_classifier(
     model = DSANet(config.classifier).to(device)
     ddp = DistributedDataParallel(model) if env.world_size > 1 else model
     sampler = WeightedStreamSampler(weights, len(train), seed=config.seed, rank=env.rank, world_size=env.world_size)
-    loader = DataLoader(ClassifierDataset(train, augment=True, seed=config.seed + env.rank), batch_size=config.batch_size, sampler=sampler)
+    dataset = ClassifierDataset(train, augment=True, seed=config.seed + env.rank, intensity=config.intensity_augment)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler)
     counts = np.bincount([c.label for c in train], minlength=len(config.class_names))
     criterion = DSALoss(config.loss, class_counts=counts).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
