@@ -67,6 +67,7 @@ class CorrectionWidget(QWidget):
         self._hu: np.ndarray | None = None
         self._dirty = False
         self._saving = False
+        self._restoring = False
         self._edited_slices: list[int] = []
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -160,35 +161,56 @@ class CorrectionWidget(QWidget):
             self.bind(event.value)
 
     def bind(self, layer) -> None:
-        """Attach to an infection mask layer: find or create its case, restore its latest version."""
+        """Attach to an infection mask layer: find or create its case, restore its latest version.
+
+        Hashing the scan, keeping a copy and writing the original take a moment on big
+        scans, so they run in a worker; edits made meanwhile are tracked and saved after.
+        """
         self.save_now()  # edits to a previous layer are never dropped
         ct = self._ct_of(layer)
         if ct is None:
             return
         try:
             volume = ops.ct_volume_of(ct)
-            case = self.store.open_case(volume)
-            if self.store.history(case.id) == []:
-                self.store.set_original(case.id, np.asarray(layer.data), model=self._model_title(layer))
         except UserFacingError as exc:
             self._say(f"Not saving this mask: {exc}")
             return
-        self.layer, self.ct_layer, self.case, self._hu = layer, ct, case, volume.hu
-        # Kept for fine-tuning; compressing a big scan takes seconds, so off the GUI thread.
-        self._run(lambda: self.store.keep_scan(case.id, volume), lambda _path: None)
-        self._edited_slices = []
-        final = self.store.get_case(case.id).final
-        if final is not None and final.kind != "original":
-            layer.data = self.store.latest(case.id)  # reopened: continue where the annotator left off
-            self._say(f"Case {case.id}: restored version {final.id} saved by {final.annotator} at {_time(final.created)}.")
-        else:
-            self._say(f"Case {case.id}: the model's mask is kept as the original; edits are saved automatically.")
+        predicted, title = np.array(layer.data, copy=True), self._model_title(layer)
+        self.layer, self.ct_layer, self.case, self._hu = layer, ct, None, volume.hu
+        self._dirty, self._edited_slices = False, []
         layer.events.paint.connect(self._on_paint)
         layer.events.data.connect(self._on_changed)
         layer.mouse_drag_callbacks.append(self._on_click)
-        predicted = (plugin_meta(layer.metadata) or {}).get("predicted")
-        if predicted in CLASS_NAMES:
-            self.label_combo.setCurrentText(predicted)
+        guess = (plugin_meta(layer.metadata) or {}).get("predicted")
+        if guess in CLASS_NAMES:
+            self.label_combo.setCurrentText(guess)
+        self._say("Opening this scan's case in the annotation store…")
+        self._run(lambda: self._open_case(volume, predicted, title), lambda case: self._bound(layer, case))
+
+    def _open_case(self, volume, predicted: np.ndarray, model: str):
+        """(worker) The scan's case, with the model's mask as its original and the scan kept."""
+        case = self.store.open_case(volume)
+        if not self.store.history(case.id):
+            self.store.set_original(case.id, predicted, model=model)
+        self.store.keep_scan(case.id, volume)
+        return self.store.get_case(case.id)
+
+    def _bound(self, layer, case) -> None:
+        if layer is not self.layer:
+            return  # another mask was bound meanwhile
+        self.case = case
+        final = case.final
+        if final is not None and final.kind != "original" and not self._dirty:
+            self._restoring = True
+            try:
+                layer.data = self.store.latest(case.id)  # reopened: continue where the annotator left off
+            finally:
+                self._restoring = False
+            self._say(f"Case {case.id}: restored version {final.id} saved by {final.annotator} at {_time(final.created)}.")
+        elif self._dirty:
+            self.save_now()  # edited while the case was opening
+        else:
+            self._say(f"Case {case.id}: the model's mask is kept as the original; edits are saved automatically.")
         self._show_history()
 
     def _ct_of(self, layer):
@@ -217,6 +239,8 @@ class CorrectionWidget(QWidget):
         self.layer.refresh()
 
     def _on_changed(self, _event=None) -> None:
+        if self._restoring:
+            return
         self._dirty = True
         self._say("Unsaved changes…")
         self._timer.start(AUTOSAVE_DELAY_MS)
@@ -248,9 +272,12 @@ class CorrectionWidget(QWidget):
             return
         annotator = self.annotator.text().strip() or "unknown"
         version = self.store.restore(self.case.id, int(item.data(256)), annotator=annotator)
+        self._restoring = True
+        try:
+            self.layer.data = self.store.load_version(self.case.id, version.id)
+        finally:
+            self._restoring = False
         self._dirty = False
-        self.layer.data = self.store.load_version(self.case.id, version.id)
-        self._dirty = False  # the data event above is this restore, already saved
         self._timer.stop()
         self._say(f"Case {self.case.id}: restored as version {version.id}.")
         self._show_history()

@@ -12,6 +12,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -61,6 +62,7 @@ class DiagnoseWidget(QWidget):
         self._bundles: dict[str, Bundle] = {}
         self._results: dict[str, tuple[Diagnosis, Image]] = {}
         self._worker = None
+        self._threaded = True
         self._score_timer = QTimer(self)
         self._score_timer.setSingleShot(True)
         self._score_timer.timeout.connect(self.update_scores)
@@ -216,6 +218,7 @@ class DiagnoseWidget(QWidget):
 
     def run_diagnosis(self, threaded: bool = True):
         """Diagnose the selected layer; ``threaded=False`` runs in this thread (tests, demo)."""
+        self._threaded = threaded
         layer = self.selected_layer()
         if layer is None:
             _notify_error("Open a CT scan first (File > Open, or File > Open Sample).")
@@ -322,18 +325,32 @@ class DiagnoseWidget(QWidget):
     def _schedule_scores(self, _event=None) -> None:
         self._score_timer.start(_SCORE_DELAY_MS)
 
-    def update_scores(self) -> None:
-        """Localization scores of each map against the infection mask as it is now."""
+    def update_scores(self, threaded: bool | None = None) -> None:
+        """Localization scores of each map against the infection mask as it is now.
+
+        Resampling a full-size mask takes a moment, so it runs in a worker when the
+        diagnosis did (the table fills in when it is done).
+        """
         found = self.current_result()
-        self.scores.setRowCount(0)
         if found is None:
+            self.scores.setRowCount(0)
             return
         diagnosis, layer = found
         mask_layer = ops.layer_of_kind(self.viewer, layer, "infection_mask")
         if mask_layer is None:
             return
         self.compare.refresh_twins()
-        rows = scores_rows(diagnosis.localization(mask_layer.data))
+        mask = np.array(mask_layer.data, copy=True)
+        if not (self._threaded if threaded is None else threaded):
+            self._show_scores(scores_rows(diagnosis.localization(mask)))
+            return
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(lambda: scores_rows(diagnosis.localization(mask)))
+        worker.returned.connect(self._show_scores)
+        worker.start()
+
+    def _show_scores(self, rows) -> None:
         self.scores.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for c, text in enumerate(row):
