@@ -29,7 +29,7 @@ def run_demo(
     if not headless and not _has_screen():
         print("No screen found: writing headless output instead (screenshots + summary).")
         headless = True
-    xvfb = _start_virtual_display() if headless and not _has_screen() else None
+    xvfb = start_virtual_display() if headless and not _has_screen() else None
     try:
         return _run(label, headless, Path(out_dir or "demo-output"), bundle)
     finally:
@@ -106,7 +106,7 @@ def _has_screen() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def _start_virtual_display(timeout_s: float = 10.0) -> subprocess.Popen:
+def start_virtual_display(timeout_s: float = 10.0) -> subprocess.Popen:
     """Start Xvfb so napari can render offscreen with OpenGL.
 
     ``QT_QPA_PLATFORM=offscreen`` alone gives Qt no OpenGL context, so napari's canvas

@@ -1,0 +1,96 @@
+"""Regenerate the screenshots in docs/images from a real napari window (under Xvfb if needed).
+
+    python scripts/make_screenshots.py [--bundle demo] [--real ../shared/data/chest-ct-dicom-lung-pet-ct-dx]
+
+Writes: real-series-lung-window.png (the real series as opened), real-series-lung-mask.png
+(the same after diagnosis: lung mask outlined), sample-attention.png (the sample phantom with
+attention and infection mask, result card) and compare.png (attention | Grad-CAM | Grad-CAM++).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "images"
+PLUGIN = "napari-covid-attention"
+SHARED = Path(os.environ.get("COVID_ATTENTION_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def settle() -> None:
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(10):
+        QApplication.processEvents()
+
+
+def viewer_with_widget(bundle: str | None):
+    import napari
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "COVID-19 attention")
+    if bundle:
+        widget.set_bundle(bundle)
+    return viewer, widget
+
+
+def real_series(bundle: str | None, folder: Path) -> None:
+    viewer, widget = viewer_with_widget(bundle)
+    layer = viewer.open(folder, plugin=PLUGIN)[0]
+    viewer.dims.set_point(0, float(layer.data_to_world((14, 0, 0))[0]))
+    viewer.reset_view()
+    settle()
+    viewer.screenshot(str(OUT / "real-series-lung-window.png"), canvas_only=True)
+    widget.layer_combo.setCurrentText(layer.name)
+    widget.run_diagnosis(threaded=False)
+    from napari_covid_attention.widgets import layers as ops
+
+    lungs = ops.layer_of_kind(viewer, layer, "lung_mask")
+    lungs.visible = True
+    for kind in ("attention", "infection_mask"):
+        ops.layer_of_kind(viewer, layer, kind).visible = False
+    viewer.dims.set_point(0, float(layer.data_to_world((14, 0, 0))[0]))
+    settle()
+    viewer.screenshot(str(OUT / "real-series-lung-mask.png"), canvas_only=False)
+    viewer.close()
+
+
+def sample(bundle: str | None) -> None:
+    viewer, widget = viewer_with_widget(bundle)
+    layer = viewer.open_sample(PLUGIN, "covid_phantom")[0]
+    widget.layer_combo.setCurrentText(layer.name)
+    widget.run_diagnosis(threaded=False)
+    widget.jump_to_infection()
+    settle()
+    viewer.screenshot(str(OUT / "sample-attention.png"), canvas_only=False)
+    widget.include_pp.setChecked(True)
+    widget.compare_button.setChecked(True)
+    settle()
+    viewer.screenshot(str(OUT / "compare.png"), canvas_only=False)
+    viewer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default=None)
+    parser.add_argument("--real", type=Path, default=SHARED / "chest-ct-dicom-lung-pet-ct-dx")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
+        from napari_covid_attention._demo import start_virtual_display
+
+        start_virtual_display()
+    if args.real.is_dir():
+        real_series(args.bundle, args.real)
+    else:
+        print(f"real series not found at {args.real}; skipping its screenshots")
+    sample(args.bundle)
+    print(f"screenshots in {OUT}")
+
+
+if __name__ == "__main__":
+    main()
