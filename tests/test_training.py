@@ -86,3 +86,17 @@ def test_cross_validation_trains_one_bundle_per_fold(tiny_dataset, tmp_path):
     assert set(summary["ensemble_auc"]) == {"mean", "sd"}
     for fold in (1, 2):
         assert load_bundle(out / f"fold-{fold}" / "bundle").version.endswith(f"fold{fold}")
+
+
+def test_warm_start_continues_from_a_bundle(tiny_dataset, tiny_bundle, tmp_path):
+    import torch
+
+    out = tmp_path / "warm"
+    args = tiny_train_args(tiny_dataset, out)
+    args[args.index("--segmenter-epochs") + 1] = "0"
+    assert main([*args, "--init", str(tiny_bundle)]) == 0
+    warm, start = load_bundle(out), load_bundle(tiny_bundle)
+    for key, value in start.segmenter.state_dict().items():  # 0 segmenter epochs: kept as it was
+        assert torch.equal(warm.segmenter.state_dict()[key], value)
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["training"]["init_bundle"] == "tiny-test 0.0.1"

@@ -86,6 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         cache_dir=args.cache_dir,
         intensity_augment=args.intensity_augment,
+        init_bundle=args.init,
         command="napari-covid-attention " + " ".join(args.argv),
     )
     run = cross_validate(config, args.folds) if args.folds else train_bundle(config)
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layers", type=int, nargs=4, default=(1, 1, 1, 1), help="ResNet blocks per stage (3 4 6 3 = ResNet-34)")
     train.add_argument("--widths", type=int, nargs=4, default=(16, 32, 64, 128), help="channels per stage")
     train.add_argument("--segmenter-channels", type=int, nargs="+", default=(8, 16, 32, 64))
+    train.add_argument("--init", type=Path, default=None, help="warm start: continue from this bundle's weights (same architecture)")
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--segmenter-epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=8)

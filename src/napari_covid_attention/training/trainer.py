@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from napari_covid_attention import __version__
 from napari_covid_attention.classes import CLASS_NAMES
 from napari_covid_attention.errors import UserFacingError
-from napari_covid_attention.models.bundle import Member, save_bundle
+from napari_covid_attention.models.bundle import Member, load_bundle, save_bundle
 from napari_covid_attention.models.device import autocast, resolve_device
 from napari_covid_attention.models.dsanet import DSANet, DSANetConfig, DSAOutput
 from napari_covid_attention.models.segmenter import (
@@ -92,12 +92,13 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 2  # preprocessing processes
     intensity_augment: bool = False
+    init_bundle: Path | None = None  # warm start: continue from this bundle's weights
     cache_dir: Path | None = None
     command: str = ""
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        for key in ("train_manifest", "out", "val_manifest", "cache_dir"):
+        for key in ("train_manifest", "out", "val_manifest", "cache_dir", "init_bundle"):
             data[key] = None if data[key] is None else str(data[key])
         return data
 
@@ -146,6 +147,7 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
 
     train_cases, val_cases = yield from _prepare(config, env)
     groups = _groups(train_cases, config)
+    init = _init_states(config)
 
     members: list[Member] = []
     member_val_probs: dict[str, np.ndarray] = {}
@@ -153,13 +155,13 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
     for name in _member_kinds(config.sampling):
         q = SAMPLING_Q.get(name, config.q)
         model, val_probs, member_history = yield from _fit_classifier(
-            name, sample_weights(groups, q), train_cases, val_cases, config, device, env
+            name, sample_weights(groups, q), train_cases, val_cases, config, device, env, init.get(name)
         )
         members.append(Member(name=name, sampling=name, weight=0.0, model=model.cpu()))
         member_val_probs[name] = val_probs
         history[name] = member_history
 
-    segmenter, seg_history = yield from _fit_segmenter(train_cases, val_cases, config, device, env)
+    segmenter, seg_history = yield from _fit_segmenter(train_cases, val_cases, config, device, env, init.get("segmenter"))
     history["segmenter"] = seg_history
 
     if not env.is_main:
@@ -177,7 +179,7 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
             "n_cases": len(val_cases),
             "ensemble_auc": ensemble_auc,
             **{f"{n}_auc": _auc(p, val_labels) for n, p in member_val_probs.items()},
-            "segmenter_dice": seg_history[-1]["val_dice"] if seg_history else float("nan"),
+            "segmenter_dice": max(h["val_dice"] for h in seg_history) if seg_history else float("nan"),
         }
     }
     training = {
@@ -190,6 +192,7 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
         "torch": torch.__version__,
         "device": str(device),
         "world_size": env.world_size,
+        "init_bundle": init.get("title"),
         "seconds": round(time.time() - started, 1),
         "config": config.to_dict(),
         "history": history,
@@ -209,6 +212,21 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
     )
     yield TrainEvent("done", 1, 1, metrics["validation"])
     return path
+
+
+def _init_states(config: TrainConfig) -> dict:
+    """Weights to start from (``--init``), by member name and "segmenter", plus the title."""
+    if config.init_bundle is None:
+        return {}
+    bundle = load_bundle(config.init_bundle)
+    if bundle.classifier_config != config.classifier or bundle.segmenter_config != config.segmenter:
+        raise UserFacingError(
+            f"{bundle.title} has another architecture than this run; warm starts need the same --layers, --widths and segmenter."
+        )
+    states = {m.name: m.model.state_dict() for m in bundle.members}
+    states["segmenter"] = bundle.segmenter.state_dict()
+    states["title"] = bundle.title
+    return states
 
 
 def choose_ensemble_weights(member_probs: Sequence[np.ndarray], labels: np.ndarray, steps: int = 21) -> tuple[list[float], float]:
@@ -298,10 +316,14 @@ def _fit_classifier(
     config: TrainConfig,
     device: torch.device,
     env: _Distributed,
+    init_state: dict | None = None,
 ) -> Generator[TrainEvent, None, tuple[DSANet, np.ndarray, list]]:
     """Train one member; keeps the epoch with the best validation AUC (then loss)."""
     torch.manual_seed(config.seed + 1000 * (1 + _member_kinds("dual").index(name)))
-    model = DSANet(config.classifier).to(device)
+    model = DSANet(config.classifier)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
     ddp = DistributedDataParallel(model) if env.world_size > 1 else model
     sampler = WeightedStreamSampler(weights, len(train), seed=config.seed, rank=env.rank, world_size=env.world_size)
     dataset = ClassifierDataset(train, augment=True, seed=config.seed + env.rank, intensity=config.intensity_augment)
@@ -367,10 +389,25 @@ def _fit_segmenter(
     config: TrainConfig,
     device: torch.device,
     env: _Distributed,
+    init_state: dict | None = None,
 ) -> Generator[TrainEvent, None, tuple[torch.nn.Module, list]]:
-    """Dice + CE on random crops; keeps the epoch with the best validation Dice."""
+    """Dice + CE on random crops; keeps the epoch with the best validation Dice.
+
+    With a warm start and 0 epochs the initial segmenter is kept as it is (its validation
+    Dice is still measured, for the bundle's metrics).
+    """
     torch.manual_seed(config.seed + 7)
-    model = build_segmenter(config.segmenter).to(device)
+    model = build_segmenter(config.segmenter)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
+    if config.segmenter_epochs == 0:
+        if init_state is None:
+            raise UserFacingError("--segmenter-epochs 0 keeps a warm-started segmenter; it needs --init BUNDLE.")
+        if env.is_main:
+            dice = segmentation_dice(model, val, config.preprocessing.segmenter_roi, config.segmenter.divisor, device)
+            return model.eval(), [{"epoch": 0, "val_dice": dice}]
+        return model.eval(), []
     ddp = DistributedDataParallel(model) if env.world_size > 1 else model
     dataset = SegmenterDataset(train, config.preprocessing.segmenter_patch, seed=config.seed + env.rank)
     sampler = WeightedStreamSampler(np.ones(len(dataset)), len(dataset), seed=config.seed + 1, rank=env.rank, world_size=env.world_size)
