@@ -7,14 +7,16 @@ cd "$(dirname "$0")/.."
 work="${1:-runs/demo}"
 bundle=src/napari_covid_attention/bundles/demo
 
-napari-covid-attention synth --n 1000 --seed 1 --out "$work/train" --overwrite
-napari-covid-attention synth --n 200 --seed 2 --out "$work/val" --overwrite
-napari-covid-attention synth --n 300 --seed 3 --out "$work/test" --overwrite
+# The phantoms are a pure function of (n, seed): existing sets are reused.
+synth() { [ -f "$3/manifest.csv" ] || napari-covid-attention synth --n "$1" --seed "$2" --out "$3" --overwrite; }
+synth 1000 1 "$work/train"
+synth 200 2 "$work/val"
+synth 300 3 "$work/test"
 
 rm -rf "$bundle"
 napari-covid-attention train --demo --name demo --version 1.0.0 \
     --train "$work/train/manifest.csv" --val "$work/val/manifest.csv" --out "$bundle" \
-    --sampling dual --q 0 --lesion-head --attention-gain 5 --epochs 12 --segmenter-epochs 4 --seed 0 \
+    --sampling dual --q 0 --lesion-head --attention-gain 5 --classifier-shape 40 80 112 --epochs 14 --segmenter-epochs 4 --seed 0 \
     --cache-dir "$work/cache"
 
 napari-covid-attention evaluate --bundle "$bundle" --manifest "$work/test/manifest.csv" --out docs/demo-model

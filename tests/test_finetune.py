@@ -124,3 +124,26 @@ def test_too_few_reviewed_cases_is_a_clear_error(tmp_path, tiny_bundle):
 
 def test_scores_are_numbers(corrected_store, tiny_bundle):
     assert np.isfinite(load_bundle(tiny_bundle).members[0].weight)
+
+
+@pytest.mark.slow
+def test_corrections_raise_the_demo_bundles_held_out_dice(tmp_path):
+    """The loop of issue 5 end to end with the built-in demo bundle (CPU, ~10 min): target +0.10."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from napari_covid_attention.models.registry import BUILTIN_DIR
+
+    if not (BUILTIN_DIR / "demo" / "bundle.json").exists():
+        pytest.skip("the demo bundle is not built (bash scripts/make_demo_bundle.sh)")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "finetune_report.py"
+    out = tmp_path / "report.json"
+    env = {**os.environ, "NAPARI_COVID_ATTENTION_HOME": str(tmp_path / "home")}
+    subprocess.run([sys.executable, str(script), "--n", "10", "--test", "6", "--out", str(out)], check=True, env=env)
+    report = json.loads(out.read_text())
+    assert report["promoted"], report["reason"]
+    assert report["held_out_dice"]["after"] >= report["held_out_dice"]["before"] + 0.10
+    assert report["unseen_dice"]["after"]["mean"] > report["unseen_dice"]["before"]["mean"]
