@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=20, help="further unseen scans for the final comparison")
     parser.add_argument("--shape", type=int, nargs=3, default=(96, 192, 192))
     parser.add_argument("--seed", type=int, default=777)
-    parser.add_argument("--segmenter-epochs", type=int, default=10)
-    parser.add_argument("--classifier-epochs", type=int, default=3)
+    parser.add_argument("--segmenter-epochs", type=int, default=FinetuneConfig.segmenter_epochs)
+    parser.add_argument("--classifier-epochs", type=int, default=FinetuneConfig.classifier_epochs)
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = parser.parse_args()
 

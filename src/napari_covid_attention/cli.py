@@ -159,14 +159,9 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from napari_covid_attention.training.finetune import FinetuneConfig, finetune
 
+    epochs = {k: v for k, v in (("segmenter_epochs", args.segmenter_epochs), ("classifier_epochs", args.classifier_epochs)) if v is not None}
     config = FinetuneConfig(
-        bundle=args.bundle,
-        store_root=args.store,
-        segmenter_epochs=args.segmenter_epochs,
-        classifier_epochs=args.classifier_epochs,
-        val_fraction=args.val_fraction,
-        device=args.device,
-        seed=args.seed,
+        bundle=args.bundle, store_root=args.store, val_fraction=args.val_fraction, device=args.device, seed=args.seed, **epochs
     )
     result = _drive(finetune(config))
     print(("promoted: " if result.promoted else "not promoted: ") + result.reason)
@@ -286,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune the current bundle from reviewed corrections; promote only if not worse")
     ft.add_argument("--store", type=Path, default=None, help="annotation store folder (default: the user data folder's)")
     ft.add_argument("--bundle", default=None, help="bundle to start from (default: the demo's current version)")
-    ft.add_argument("--segmenter-epochs", type=int, default=10)
-    ft.add_argument("--classifier-epochs", type=int, default=3)
+    ft.add_argument("--segmenter-epochs", type=int, default=None, help="default 10")
+    ft.add_argument("--classifier-epochs", type=int, default=None, help="default 3")
     ft.add_argument("--val-fraction", type=float, default=0.3, help="share of reviewed cases held out to decide promotion")
     ft.add_argument("--device", default="auto")
     ft.add_argument("--seed", type=int, default=0)

@@ -61,7 +61,7 @@ class FinetuneWidget(QWidget):
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.segmenter_epochs, self.classifier_epochs = QSpinBox(), QSpinBox()
-        for spin, value in ((self.segmenter_epochs, 10), (self.classifier_epochs, 3)):
+        for spin, value in ((self.segmenter_epochs, FinetuneConfig.segmenter_epochs), (self.classifier_epochs, FinetuneConfig.classifier_epochs)):
             spin.setRange(1, 200)
             spin.setValue(value)
         self.start_button = QPushButton("Fine-tune")
