@@ -71,3 +71,14 @@ def test_segmenter_sliding_window_handles_any_size():
     prob = infection_probability(model, image, roi=(8, 16, 24), divisor=4)
     assert prob.shape == (1, 1, 13, 30, 41)
     assert float(prob.min()) >= 0.0 and float(prob.max()) <= 1.0
+
+
+def test_one_core_is_left_for_the_gui_and_restored():
+    import torch
+
+    from napari_covid_attention.models.device import one_core_for_the_gui, usable_cores
+
+    before = torch.get_num_threads()
+    with one_core_for_the_gui() as threads:
+        assert torch.get_num_threads() == threads == max(1, min(before, usable_cores() - 1))
+    assert torch.get_num_threads() == before

@@ -125,3 +125,28 @@ def test_card_and_scores_text(diagnosis, scan):
     assert "not for clinical use" in html
     rows = scores_rows(diagnosis.localization(scan.infection_mask))
     assert [r[0] for r in rows] == ["attention", "Grad-CAM", "Grad-CAM++"]
+
+
+def test_rerun_refreshes_maps_in_place_with_the_new_values_and_geometry(viewer, diagnosis):
+    """Maps and lung mask are updated, not re-created (napari's layer removal is slow);
+    the user's visibility choice survives; the infection mask is a new layer."""
+    import dataclasses
+
+    ct = viewer.layers["ct"]
+    first = ops.add_diagnosis_layers(viewer, ct, diagnosis)
+    first["gradcam"].visible = True
+    saliency = diagnosis.maps["attention"]
+    moved = saliency.affine.copy()
+    moved[:3, 3] += 5.0
+    shifted = dataclasses.replace(saliency, values=saliency.values * 0.5, affine=moved)
+    second_diagnosis = dataclasses.replace(diagnosis, maps={**diagnosis.maps, "attention": shifted})
+    second = ops.add_diagnosis_layers(viewer, ct, second_diagnosis)
+    for kind in ops.REFRESHED_IN_PLACE:
+        assert second[kind] is first[kind]
+    assert second["infection_mask"] is not first["infection_mask"]
+    assert first["infection_mask"] not in viewer.layers
+    assert second["gradcam"].visible
+    np.testing.assert_allclose(second["attention"].data, shifted.values)
+    assert plugin_meta(second["attention"].metadata)["affine"] == moved.tolist()
+    expected = ops.layer_transform(moved).as_layer_kwargs()
+    np.testing.assert_allclose(second["attention"].translate, expected["translate"])

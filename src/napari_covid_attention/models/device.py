@@ -80,3 +80,24 @@ def cpu_thread_count() -> int:
 
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def one_core_for_the_gui() -> Iterator[int]:
+    """Run torch on all cores but one while a GUI shares the process, then restore.
+
+    With every core busy in torch's pool, napari's main thread waits for a time slice:
+    benchmarks/bench_ui.py measured a worst main-thread stall of 142 ms with 2 threads
+    on a 2-core CPU and 49 ms with 1 (docs/benchmarks.md). Yields the thread count used.
+    """
+    before = torch.get_num_threads()
+    threads = max(1, min(before, usable_cores() - 1))
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)

@@ -7,6 +7,7 @@ napari worker (progress after each stage, cancel between stages); layers are mad
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Generator
 from pathlib import Path
@@ -36,7 +37,7 @@ from napari_covid_attention.diagnosis import STAGES, Diagnosis, diagnose_steps
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.jobs import run_to_end
 from napari_covid_attention.models.bundle import Bundle, load_bundle
-from napari_covid_attention.models.device import available_devices
+from napari_covid_attention.models.device import available_devices, one_core_for_the_gui
 from napari_covid_attention.models.registry import bundle_info, list_bundles
 from napari_covid_attention.widgets import layers as ops
 from napari_covid_attention.widgets.card import result_card_html, scores_rows
@@ -254,13 +255,14 @@ class DiagnoseWidget(QWidget):
     def _job(self, volume, bundle_path: str, device: str) -> Generator[str, None, Diagnosis]:
         bundle = self._bundle(bundle_path)
         yield "model loaded"
-        steps = diagnose_steps(volume, bundle, device)
-        while True:  # re-yield (index, stage) as the stage name, for the progress display
-            try:
-                _index, stage = next(steps)
-            except StopIteration as done:
-                return done.value
-            yield stage
+        with one_core_for_the_gui() if self._threaded else contextlib.nullcontext():
+            steps = diagnose_steps(volume, bundle, device)
+            while True:  # re-yield (index, stage) as the stage name, for the progress display
+                try:
+                    _index, stage = next(steps)
+                except StopIteration as done:
+                    return done.value
+                yield stage
 
     def _run_here(self, job, layer) -> Diagnosis | None:
         try:

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 from napari_covid_attention.annotations import AnnotationStore
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.jobs import run_to_end
+from napari_covid_attention.models.device import one_core_for_the_gui
 from napari_covid_attention.models.registry import (
     DEMO_BUNDLE,
     bundle_info,
@@ -130,7 +131,7 @@ class FinetuneWidget(QWidget):
             return None
         from napari.qt.threading import create_worker
 
-        self.worker = create_worker(finetune, config, _progress={"desc": "Fine-tuning"})
+        self.worker = create_worker(_finetune_beside_the_gui, config, _progress={"desc": "Fine-tuning"})
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_result)
         self.worker.errored.connect(self._on_error)
@@ -201,3 +202,9 @@ def _make_plot():
     canvas = FigureCanvasQTAgg(figure)
     canvas.setMinimumHeight(160)
     return figure, canvas
+
+
+def _finetune_beside_the_gui(config: FinetuneConfig):
+    """The fine-tuning job, leaving one core to napari's main thread."""
+    with one_core_for_the_gui():
+        return (yield from finetune(config))

@@ -79,8 +79,14 @@ def add_diagnosis_layers(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagno
     """
     from napari.utils.colormaps import DirectLabelColormap
 
-    for layer in plugin_layers_of(viewer, ct_layer):
-        viewer.layers.remove(layer)
+    # Maps and the lung mask of an earlier run are refreshed in place: removing a layer
+    # costs napari a full gc.collect() on the main thread (~0.4 s each with torch loaded),
+    # and the user's visibility / opacity choices survive. The infection mask is replaced:
+    # the correction widget binds its edits to the annotation store by layer.
+    earlier = {plugin_meta(layer.metadata).get("kind"): layer for layer in plugin_layers_of(viewer, ct_layer)}
+    for kind in list(earlier):
+        if kind not in REFRESHED_IN_PLACE:
+            viewer.layers.remove(earlier.pop(kind))
     key = scan_key(ct_layer)
     ct_meta = plugin_meta(ct_layer.metadata) or {}
     source_ornt = ct_meta.get("source_ornt")
@@ -93,10 +99,10 @@ def add_diagnosis_layers(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagno
         colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **LUNG_COLORS}),
         opacity=0.7, visible=False,
     )
-    made["lung_mask"] = viewer.add_labels(lungs[0], **lungs[1])
+    made["lung_mask"] = _refresh(earlier.get("lung_mask"), lungs[0], lungs[1]) or viewer.add_labels(lungs[0], **lungs[1])
     made["lung_mask"].contour = 1
     for name in ("gradcam_pp", "gradcam", "attention"):
-        made[name] = _add_map(viewer, ct_layer, diagnosis, name, visible=name == "attention")
+        made[name] = _add_map(viewer, ct_layer, diagnosis, name, visible=name == "attention", earlier=earlier.get(name))
     infection = labels_layer_data(
         diagnosis.infection_mask, diagnosis.scan_affine, f"{ct_layer.name} · infection mask", "infection_mask",
         source_ornt=source_ornt,
@@ -109,7 +115,9 @@ def add_diagnosis_layers(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagno
     return made
 
 
-def _add_map(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagnosis, name: str, visible: bool) -> Layer:
+def _add_map(
+    viewer: ViewerModel, ct_layer: Image, diagnosis: Diagnosis, name: str, visible: bool, earlier: Layer | None = None
+) -> Layer:
     saliency = diagnosis.maps[name]
     meta = {
         "kind": name,
@@ -117,9 +125,13 @@ def _add_map(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagnosis, name: s
         "affine": saliency.affine.tolist(),
         "source_ornt": None,
     }
-    return viewer.add_image(
-        saliency.values,
+    kwargs = dict(
         name=f"{ct_layer.name} · {MAP_TITLES[name]}",
+        metadata={META_KEY: meta},
+        **layer_transform(saliency.affine).as_layer_kwargs(),
+    )
+    return _refresh(earlier, saliency.values, kwargs) or viewer.add_image(
+        saliency.values,
         colormap="inferno",
         blending="additive",
         opacity=0.6,
@@ -127,9 +139,24 @@ def _add_map(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagnosis, name: s
         interpolation2d="linear",
         interpolation3d="linear",
         visible=visible,
-        metadata={META_KEY: meta},
-        **layer_transform(saliency.affine).as_layer_kwargs(),
+        **kwargs,
     )
+
+
+REFRESHED_IN_PLACE = ("lung_mask", "attention", "gradcam", "gradcam_pp")
+_REFRESHED_ATTRIBUTES = ("name", "metadata", "scale", "translate", "rotate", "shear")
+
+
+def _refresh(layer: Layer | None, data: np.ndarray, kwargs: dict) -> Layer | None:
+    """Give an earlier run's layer the new data, geometry and metadata (None: no layer)."""
+    if layer is None:
+        return None
+    for attribute in ("rotate", "shear"):  # absent from kwargs = axis-aligned
+        kwargs.setdefault(attribute, np.eye(len(data.shape)) if attribute == "rotate" else np.zeros(len(data.shape) * (len(data.shape) - 1) // 2))
+    layer.data = data
+    for attribute in _REFRESHED_ATTRIBUTES:
+        setattr(layer, attribute, kwargs[attribute])
+    return layer
 
 
 def world_z_of_slice(ct_layer: Layer, z_index: int) -> float:
