@@ -12,7 +12,7 @@ from scipy import ndimage
 from napari_covid_attention.data.synthetic import (
     CLASS_NAMES,
     LESION_TYPES,
-    MANIFEST_COLUMNS,
+    SYNTHETIC_MANIFEST_COLUMNS,
     Phantom,
     case_seed,
     generate_phantom,
@@ -164,7 +164,7 @@ def test_write_dataset_round_trips_reproduces_and_refuses_overwrite(tmp_path):
     assert calls[-1] == (3, 3) and len(calls) == 3
     with open(manifest, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert tuple(rows[0]) == MANIFEST_COLUMNS and len(rows) == 3
+    assert tuple(rows[0]) == SYNTHETIC_MANIFEST_COLUMNS and len(rows) == 3
     for i, row in enumerate(rows):
         assert int(row["seed"]) == case_seed(5, i)
         expected = generate_phantom(int(row["seed"]), row["label"], shape=SMALL)

@@ -1,7 +1,10 @@
-"""The diagnosis classes and CT lesion types, shared by data, models, training and the GUI."""
+"""The diagnosis classes, CT lesion types and manifest columns, shared by data, models, training and the GUI."""
 
 COVID, CAP = "COVID-19", "CAP"
 CLASS_NAMES = (COVID, CAP)  # label index 0 = COVID-19 (the positive class), 1 = CAP
 
 # CT signs of pneumonia (the optional lesion head's outputs; LA-DNN, seed 003).
 LESION_TYPES = ("ground_glass", "consolidation", "crazy_paving", "air_bronchogram", "septal_thickening")
+
+# Columns of a manifest CSV (README "Data and models"), in the order written.
+MANIFEST_COLUMNS = ("image", "label", "infection_mask", "lung_mask", *LESION_TYPES, "infection_fraction")

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_covid_attention.atomic import write_csv_atomic
-from napari_covid_attention.classes import CAP, CLASS_NAMES, COVID, LESION_TYPES
+from napari_covid_attention.classes import CAP, CLASS_NAMES, COVID, LESION_TYPES, MANIFEST_COLUMNS
 from napari_covid_attention.data.phantom_anatomy import HU_PADDING, Grid, build_anatomy, sample_plan
 from napari_covid_attention.data.phantom_lesions import draw_infection, sample_infection_fraction
 from napari_covid_attention.io.nifti import save_nifti
@@ -34,15 +34,7 @@ TRAINING_SHAPE = (64, 128, 128)  # the demo model's data sets
 DEFAULT_FOV_MM = (300.0, 360.0, 360.0)  # (z, y, x) extent: a whole adult chest
 COVID_PREVALENCE = 0.6  # of phantoms whose class is drawn from the seed
 
-MANIFEST_COLUMNS = (
-    "image",
-    "label",
-    "infection_mask",
-    "lung_mask",
-    *LESION_TYPES,
-    "infection_fraction",
-    "seed",
-)
+SYNTHETIC_MANIFEST_COLUMNS = (*MANIFEST_COLUMNS, "seed")  # the seed regenerates the case
 _CASE_FILE = re.compile(r"case_\d{4,}\.nii\.gz")
 _SUBFOLDERS = ("images", "lungs", "infections")
 
@@ -282,4 +274,4 @@ def _write_case(
 
 
 def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
-    write_csv_atomic(path, rows, list(MANIFEST_COLUMNS), extrasaction="ignore")
+    write_csv_atomic(path, rows, list(SYNTHETIC_MANIFEST_COLUMNS), extrasaction="ignore")

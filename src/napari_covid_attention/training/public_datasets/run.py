@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_covid_attention.atomic import write_csv_atomic, write_json_atomic
-from napari_covid_attention.classes import CAP, CLASS_NAMES, LESION_TYPES
+from napari_covid_attention.classes import CAP, CLASS_NAMES, MANIFEST_COLUMNS
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io.load import load_ct
 from napari_covid_attention.io.nifti import save_nifti
@@ -37,15 +37,7 @@ from .layouts import LAYOUTS, SCANNERS, Candidate, detect_layout
 
 MANIFEST_NAME = "manifest.csv"
 SUMMARY_NAME = "import_summary.json"
-MANIFEST_COLUMNS = (
-    "image",
-    "label",
-    "infection_mask",
-    "lung_mask",
-    *LESION_TYPES,
-    "infection_fraction",
-    "case",
-)
+IMPORT_MANIFEST_COLUMNS = (*MANIFEST_COLUMNS, "case")  # the case's name in the source data set
 
 Progress = Callable[[int, int], None]
 
@@ -161,7 +153,7 @@ def import_dataset(
             os.replace(staging / name, out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    write_csv_atomic(manifest, run.rows, list(MANIFEST_COLUMNS), restval="")
+    write_csv_atomic(manifest, run.rows, list(IMPORT_MANIFEST_COLUMNS), restval="")
     write_json_atomic(out / SUMMARY_NAME, _summary(layout, label, run, scan.notes))
     _remove_stale(out, previous - set(run.staged))
     return manifest
