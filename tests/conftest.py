@@ -106,3 +106,21 @@ def tiny_train_args(train_manifest: Path, out: Path) -> list[str]:
         "--widths", "4", "8", "8", "16", "--segmenter-channels", "4", "8", "16",
         "--lesion-head", "--batch-size", "4", "--workers", "1", "--val-fraction", "0.34", "--device", "cpu",
     ]
+
+
+@pytest.fixture
+def open_ct_with_diagnose_widget(make_napari_viewer):
+    """Opens a volume as layer "ct" in a new viewer with the diagnose widget set to a bundle, on the CPU."""
+
+    def open_(volume, bundle):
+        from napari_covid_attention._layer_data import ct_layer_data
+
+        viewer = make_napari_viewer()
+        data, kwargs, _ = ct_layer_data(volume, "ct")
+        viewer.add_image(data, **kwargs)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-covid-attention", "COVID-19 attention")
+        widget.set_bundle(bundle)
+        widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+        return viewer, widget
+
+    return open_

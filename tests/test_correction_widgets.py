@@ -22,13 +22,8 @@ def phantom():
 
 
 @pytest.fixture
-def session(make_napari_viewer, phantom, tiny_bundle):
-    viewer = make_napari_viewer()
-    data, kwargs, _ = ct_layer_data(phantom.volume, "ct")
-    viewer.add_image(data, **kwargs)
-    _, diagnose_widget = viewer.window.add_plugin_dock_widget(PLUGIN, "COVID-19 attention")
-    diagnose_widget.set_bundle(tiny_bundle)
-    diagnose_widget.device_combo.setCurrentIndex(diagnose_widget.device_combo.findData("cpu"))
+def session(open_ct_with_diagnose_widget, phantom, tiny_bundle):
+    viewer, diagnose_widget = open_ct_with_diagnose_widget(phantom.volume, tiny_bundle)
     _, correct = viewer.window.add_plugin_dock_widget(PLUGIN, "Corrections")
     correct.threaded = False
     correct.annotator.setText("Dr Test")

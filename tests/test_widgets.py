@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_covid_attention import _reader
-from napari_covid_attention._layer_data import ct_layer_data, plugin_meta
+from napari_covid_attention._layer_data import plugin_meta
 from napari_covid_attention.data.synthetic import generate_phantom
 from napari_covid_attention.diagnosis import diagnose
 from napari_covid_attention.models.bundle import load_bundle
@@ -23,14 +23,8 @@ def phantom():
 
 
 @pytest.fixture
-def widget_viewer(make_napari_viewer, phantom, tiny_bundle):
-    viewer = make_napari_viewer()
-    data, kwargs, _ = ct_layer_data(phantom.volume, "ct")
-    viewer.add_image(data, **kwargs)
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "COVID-19 attention")
-    widget.set_bundle(tiny_bundle)
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
-    return viewer, widget
+def widget_viewer(open_ct_with_diagnose_widget, phantom, tiny_bundle):
+    return open_ct_with_diagnose_widget(phantom.volume, tiny_bundle)
 
 
 def test_sample_opens_in_hu_with_true_geometry(make_napari_viewer):
