@@ -16,7 +16,6 @@ thread, once, at the end).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -109,8 +108,9 @@ def main() -> None:
     import contextlib
 
     import napari_covid_attention.widgets.diagnose as diagnose_widget
+    from napari_covid_attention.models.device import usable_cores
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     thread_counts = args.torch_threads or sorted({cores, max(1, cores - 1)}, reverse=True)
     # The widget runs torch on cores - 1 threads (one_core_for_the_gui); to compare pool
     # sizes, that cap is lifted here and the pool set directly.

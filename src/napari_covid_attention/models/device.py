@@ -92,7 +92,7 @@ def one_core_for_the_gui() -> Iterator[int]:
 
     With every core busy in torch's pool, napari's main thread waits for a time slice:
     benchmarks/bench_ui.py measured a worst main-thread stall of 142 ms with 2 threads
-    on a 2-core CPU and 49 ms with 1 (docs/benchmarks.md). Yields the thread count used.
+    on a 2-core CPU and 47 ms with 1 (docs/benchmarks.md). Yields the thread count used.
     """
     before = torch.get_num_threads()
     threads = max(1, min(before, usable_cores() - 1))

@@ -151,11 +151,12 @@ def _refresh(layer: Layer | None, data: np.ndarray, kwargs: dict) -> Layer | Non
     """Give an earlier run's layer the new data, geometry and metadata (None: no layer)."""
     if layer is None:
         return None
-    for attribute in ("rotate", "shear"):  # absent from kwargs = axis-aligned
-        kwargs.setdefault(attribute, np.eye(len(data.shape)) if attribute == "rotate" else np.zeros(len(data.shape) * (len(data.shape) - 1) // 2))
+    ndim = data.ndim
+    axis_aligned = {"rotate": np.eye(ndim), "shear": np.zeros(ndim * (ndim - 1) // 2)}  # when kwargs omit them
+    values = {**axis_aligned, **kwargs}
     layer.data = data
     for attribute in _REFRESHED_ATTRIBUTES:
-        setattr(layer, attribute, kwargs[attribute])
+        setattr(layer, attribute, values[attribute])
     return layer
 
 
