@@ -34,9 +34,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
 
 
-def phantoms(seed: int, n: int, shape):
+def phantoms(seed: int, n: int, shape, noise_sd_hu: float | None):
     for i in range(n):
-        yield generate_phantom(case_seed(seed, i), label=case_label(seed, i, 0.6), shape=tuple(shape))
+        yield generate_phantom(case_seed(seed, i), label=case_label(seed, i, 0.6), shape=tuple(shape), noise_sd_hu=noise_sd_hu)
 
 
 def main() -> None:
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=20, help="further unseen scans for the final comparison")
     parser.add_argument("--shape", type=int, nargs=3, default=(96, 192, 192))
     parser.add_argument("--seed", type=int, default=777)
+    parser.add_argument("--noise-sd", type=float, default=None, help="the site's image noise in HU (default: each case's own, 10-25)")
     parser.add_argument("--segmenter-epochs", type=int, default=FinetuneConfig.segmenter_epochs)
     parser.add_argument("--classifier-epochs", type=int, default=FinetuneConfig.classifier_epochs)
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
@@ -54,7 +55,7 @@ def main() -> None:
     current = load_bundle(resolve_bundle(None))
     started = time.time()
     with AnnotationStore(work / "store") as store:
-        for phantom in phantoms(args.seed, args.n, args.shape):
+        for phantom in phantoms(args.seed, args.n, args.shape, args.noise_sd):
             case = store.open_case(phantom.volume)
             store.keep_scan(case.id, phantom.volume)
             store.set_original(case.id, diagnose(phantom.volume, current, "cpu").infection_mask, model=current.title)
@@ -67,7 +68,7 @@ def main() -> None:
     result = run_to_end(finetune(config))
     tuned = load_bundle(result.bundle_path)
     unseen = {"before": [], "after": []}
-    for phantom in phantoms(args.seed + 1, args.test, args.shape):
+    for phantom in phantoms(args.seed + 1, args.test, args.shape, args.noise_sd):
         unseen["before"].append(dice(diagnose(phantom.volume, current, "cpu").infection_mask, phantom.infection_mask))
         unseen["after"].append(dice(diagnose(phantom.volume, tuned, "cpu").infection_mask, phantom.infection_mask))
     report = {
@@ -83,6 +84,7 @@ def main() -> None:
         "unseen_scans": args.test,
         "unseen_dice": {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1))} for k, v in unseen.items()},
         "shape": list(args.shape),
+        "noise_sd_hu": args.noise_sd,
         "seconds": round(time.time() - started, 1),
     }
     print(json.dumps(report, indent=2))

@@ -156,6 +156,20 @@ def test_bad_arguments_are_refused():
         generate_phantom(-1, shape=SMALL)
     with pytest.raises(ValueError, match="infection_fraction"):
         generate_phantom(1, "CAP", shape=SMALL, infection_fraction=1.5)
+    with pytest.raises(ValueError, match="noise_sd_hu"):
+        generate_phantom(1, shape=SMALL, noise_sd_hu=-5.0)
+
+
+def test_noise_override_changes_only_the_noise():
+    """A low-dose version of a case: same anatomy and lesions, noisier lung parenchyma."""
+    base = phantom(11)
+    low_dose = generate_phantom(11, shape=SMALL, fov_mm=FOV, noise_sd_hu=60.0)
+    assert np.array_equal(base.infection_mask, low_dose.infection_mask)
+    assert np.array_equal(base.lung_mask, low_dose.lung_mask)
+    # Both draw the same noise pattern, scaled: the difference is (60 - 10..25 HU) of noise.
+    difference = low_dose.volume.hu.astype(float) - base.volume.hu.astype(float)
+    inside = base.lung_mask > 0
+    assert 30.0 < np.std(difference[inside]) < 55.0
 
 
 def test_write_dataset_round_trips_reproduces_and_refuses_overwrite(tmp_path):

@@ -78,6 +78,7 @@ def generate_phantom(
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     fov_mm: tuple[float, float, float] = DEFAULT_FOV_MM,
     infection_fraction: float | None = None,
+    noise_sd_hu: float | None = None,
 ) -> Phantom:
     """Make the phantom of ``seed``.
 
@@ -85,6 +86,8 @@ def generate_phantom(
     None draws the infection size from the class's distribution. The anatomy depends only
     on the seed, so one seed with either label gives the same patient with different
     pneumonia. ``shape`` is (z, y, x); the voxel spacing is ``fov_mm / shape``.
+    ``noise_sd_hu`` overrides the seed's image noise (10-25 HU), e.g. ~60 HU for a
+    low-dose protocol, without changing anything else about the case.
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -94,6 +97,8 @@ def generate_phantom(
         raise ValueError(f"infection_fraction must be in (0, 0.9), got {infection_fraction!r}")
     if len(shape) != 3 or min(shape) < 16:
         raise ValueError(f"shape must be 3 sizes (z, y, x) of at least 16 voxels, got {shape!r}")
+    if noise_sd_hu is not None and not 0.0 <= noise_sd_hu <= 500.0:
+        raise ValueError(f"noise_sd_hu must be in [0, 500] HU, got {noise_sd_hu!r}")
     if len(fov_mm) != 3 or min(fov_mm) <= 0:
         raise ValueError(f"fov_mm must be 3 positive extents (z, y, x) in mm, got {fov_mm!r}")
     label_rng, size_rng, anatomy_rng, lesion_rng, noise_rng = (
@@ -108,7 +113,8 @@ def generate_phantom(
     plan = sample_plan(anatomy_rng, tuple(float(f) for f in fov_mm))  # type: ignore[arg-type]
     anatomy = build_anatomy(anatomy_rng, grid, plan)
     infection = draw_infection(lesion_rng, anatomy, label, infection_fraction)
-    hu = _acquire(noise_rng, anatomy.hu, grid, plan.noise_sd, plan.padding)
+    noise_sd = plan.noise_sd if noise_sd_hu is None else float(noise_sd_hu)
+    hu = _acquire(noise_rng, anatomy.hu, grid, noise_sd, plan.padding)
     lung_voxels = int(np.count_nonzero(anatomy.lungs))
     volume = CTVolume(
         hu=hu,
