@@ -89,7 +89,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
         label=DEMO_LABEL,
         class_names=("COVID-19", "CAP"),
         preprocessing=PreprocessConfig(
-            classifier_shape=(16, 32, 32), segmenter_spacing_mm=(8.0, 4.0, 4.0), segmenter_roi=(32, 64, 64), segmenter_patch=(16, 32, 32)
+            classifier_shape=(16, 32, 32), segmenter_spacing_mm=(8.0, 4.0, 4.0), segmenter_roi=(32, 64, 64)
         ),
         members=members,
         segmenter=build_segmenter(segmenter).eval(),
@@ -102,7 +102,7 @@ def tiny_train_args(train_manifest: Path, out: Path) -> list[str]:
     return [
         "train", "--train", str(train_manifest), "--out", str(out), "--epochs", "1", "--segmenter-epochs", "1",
         "--classifier-shape", "16", "32", "32", "--segmenter-spacing", "8", "4", "4",
-        "--segmenter-roi", "32", "64", "64", "--segmenter-patch", "16", "32", "32",
+        "--segmenter-roi", "32", "64", "64",
         "--widths", "4", "8", "8", "16", "--segmenter-channels", "4", "8", "16",
         "--lesion-head", "--batch-size", "4", "--workers", "1", "--val-fraction", "0.34", "--device", "cpu",
     ]

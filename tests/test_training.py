@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import tiny_train_args
 
 from napari_covid_attention.cli import main
 from napari_covid_attention.models.bundle import load_bundle
-from napari_covid_attention.training.datasets import ManifestError, read_manifest
+from napari_covid_attention.training.datasets import ManifestError, merge_manifests, read_manifest
 from napari_covid_attention.training.trainer import stratified_split
 
 
@@ -31,6 +33,25 @@ def test_bad_manifests_are_refused(tmp_path):
     bad.write_text("image,label\nmissing.nii,COVID-19\n")
     with pytest.raises(ManifestError, match="row 2: missing.nii does not exist"):
         read_manifest(bad)
+
+
+def test_merged_manifest_lists_every_case_with_its_files_and_columns(tiny_dataset, tmp_path):
+    other = tmp_path / "site-b"
+    other.mkdir()
+    (other / "manifest.csv").write_text("image,label\n../site-b-scan.nii.gz,CAP\n")
+    first = read_manifest(tiny_dataset)
+    (tmp_path / "site-b-scan.nii.gz").write_bytes(first[0].image.read_bytes())
+
+    merged = merge_manifests([tiny_dataset, other / "manifest.csv"], tmp_path / "runs" / "mixed.csv")
+
+    cases = read_manifest(merged)
+    assert [c.image for c in cases] == [c.image for c in first] + [(tmp_path / "site-b-scan.nii.gz").resolve()]
+    assert [c.label for c in cases[:12]] == [c.label for c in first] and cases[12].label == 1
+    assert cases[3].infection_mask == first[3].infection_mask and cases[12].infection_mask is None
+    assert cases[3].lesion_flags == first[3].lesion_flags
+    with open(merged, newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header[:2] == ["image", "label"] and "infection_fraction" in header
 
 
 def test_stratified_split_keeps_both_classes():
@@ -100,3 +121,48 @@ def test_warm_start_continues_from_a_bundle(tiny_dataset, tiny_bundle, tmp_path)
         assert torch.equal(warm.segmenter.state_dict()[key], value)
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["training"]["init_bundle"] == "tiny-test 0.0.1"
+    # The starting weights competed as epoch 0 (a warm start cannot end worse on validation).
+    assert meta["training"]["history"]["uniform"][0]["epoch"] == 0
+    assert [h["epoch"] for h in meta["training"]["history"]["segmenter"]] == [0]
+
+
+def test_zero_classifier_epochs_keep_the_warm_started_members(tiny_dataset, tiny_bundle, tmp_path, capsys):
+    """Retrain only the segmenter: ``--epochs 0 --init B`` keeps B's classifiers as they are."""
+    import torch
+
+    args = tiny_train_args(tiny_dataset, tmp_path / "seg-only")
+    args[args.index("--epochs") + 1] = "0"
+    assert main([*args, "--init", str(tiny_bundle)]) == 0
+    kept, start = load_bundle(tmp_path / "seg-only"), load_bundle(tiny_bundle)
+    for new, old in zip(kept.members, start.members, strict=True):
+        for key, value in old.model.state_dict().items():
+            assert torch.equal(new.model.state_dict()[key], value)
+    assert main([*args[:args.index("--out") + 1], str(tmp_path / "cold"), *args[args.index("--out") + 2:]]) == 2
+    assert "--epochs 0 keeps warm-started classifiers" in capsys.readouterr().err
+
+
+def _prepared(seg_shape: tuple[int, int, int]):
+    from napari_covid_attention.training.datasets import PreparedCase
+
+    image = np.random.default_rng(0).random(seg_shape).astype(np.float16) + 0.5
+    infection = np.zeros(seg_shape, np.uint8)
+    infection[2:5, 3:6, 4:8] = 1
+    return PreparedCase(
+        cls_image=np.zeros((4, 4, 4), np.float16), cls_infection=np.zeros((4, 4, 4), np.float32),
+        seg_image=image, seg_infection=infection, label=0, has_mask=True, infection_fraction=0.01, lesion_flags=None,
+    )
+
+
+def test_segmenter_trains_on_the_field_of_view_inference_sees():
+    """Whole lung boxes padded at the end to the U-Net's divisor, like infection_probability;
+    cut to the window only when larger. (Crops centred on infection made the instance-normed
+    U-Net over-segment whole boxes.)"""
+    from napari_covid_attention.training.datasets import SegmenterDataset
+
+    small = _prepared((13, 20, 30))
+    item = SegmenterDataset([small], roi=(16, 32, 32), divisor=8)[0]
+    assert item["image"].shape == item["label"].shape == (1, 16, 24, 32)
+    assert float(item["image"][0, 13:].abs().max()) == 0.0  # padding is air, at the end
+    assert int(item["label"].sum()) == int(small.seg_infection.sum())  # no lesion cut away
+    large = _prepared((40, 20, 30))
+    assert SegmenterDataset([large], roi=(16, 32, 32), divisor=8)[0]["image"].shape == (1, 16, 24, 32)

@@ -68,7 +68,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             classifier_shape=tuple(args.classifier_shape),
             segmenter_spacing_mm=tuple(args.segmenter_spacing),
             segmenter_roi=tuple(args.segmenter_roi),
-            segmenter_patch=tuple(args.segmenter_patch),
         ),
         classifier=DSANetConfig(
             layers=tuple(args.layers), widths=tuple(args.widths), lesion_head=args.lesion_head, attention_gain=args.attention_gain
@@ -81,6 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         segmenter_epochs=args.segmenter_epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        segmenter_lr=args.segmenter_lr,
         seed=args.seed,
         device=args.device,
         workers=args.workers,
@@ -254,8 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--intensity-augment", action="store_true", help="also jitter intensities (HU are calibrated: off by default)")
     train.add_argument("--classifier-shape", type=int, nargs=3, default=(48, 96, 128), metavar=("Z", "Y", "X"))
     train.add_argument("--segmenter-spacing", type=float, nargs=3, default=(4.0, 2.0, 2.0), metavar=("Z", "Y", "X"), help="segmenter voxel size in mm")
-    train.add_argument("--segmenter-roi", type=int, nargs=3, default=(80, 160, 208), metavar=("Z", "Y", "X"), help="inference window")
-    train.add_argument("--segmenter-patch", type=int, nargs=3, default=(48, 96, 128), metavar=("Z", "Y", "X"), help="training crop")
+    train.add_argument("--segmenter-roi", type=int, nargs=3, default=(80, 160, 208), metavar=("Z", "Y", "X"), help="the segmenter's window (training and inference)")
     train.add_argument("--layers", type=int, nargs=4, default=(1, 1, 1, 1), help="ResNet blocks per stage (3 4 6 3 = ResNet-34)")
     train.add_argument("--widths", type=int, nargs=4, default=(16, 32, 64, 128), help="channels per stage")
     train.add_argument("--segmenter-channels", type=int, nargs="+", default=(8, 16, 32, 64))
@@ -263,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--segmenter-epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr", type=float, default=1e-3, help="classifiers' peak learning rate (one-cycle schedule)")
+    train.add_argument("--segmenter-lr", type=float, default=2e-3, help="segmenter's peak learning rate (lower it for warm starts)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto")
     train.add_argument("--workers", type=int, default=2, help="preprocessing processes")

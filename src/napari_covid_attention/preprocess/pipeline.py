@@ -33,12 +33,14 @@ class PreprocessConfig:
     classifier_shape: tuple[int, int, int] = (48, 96, 128)
     segmenter_spacing_mm: tuple[float, float, float] = (4.0, 2.0, 2.0)
     segmenter_roi: tuple[int, int, int] = (80, 160, 208)
-    segmenter_patch: tuple[int, int, int] = (48, 96, 128)
     hu_window: tuple[float, float] = (-1000.0, 500.0)
     margin_mm: float = 10.0
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessConfig:
+        # Bundles before 1.1.0 name the segmenter's training crop, which training no longer
+        # uses (it trains on what inference sees: datasets.SegmenterDataset).
+        data = {k: v for k, v in data.items() if k != "segmenter_patch"}
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown preprocessing fields: {sorted(unknown)}")

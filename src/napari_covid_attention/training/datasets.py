@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from monai.transforms import (
     Compose,
-    RandCropByPosNegLabeld,
+    DivisiblePadd,
     RandFlipd,
     RandScaleIntensityd,
     RandShiftIntensityd,
-    SpatialPadd,
+    RandSpatialCropd,
 )
 from torch.utils.data import Dataset
 
@@ -113,6 +113,34 @@ def read_manifest(path: str | os.PathLike, class_names: Sequence[str] = CLASS_NA
             )
         )
     return cases
+
+
+def merge_manifests(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """One manifest listing the rows of several (e.g. scans from several sites or grids).
+
+    Paths are rewritten relative to ``out``'s folder, so the files stay where they are;
+    columns are the union of the inputs' (in order of first appearance, empty where a
+    manifest lacks one).
+    """
+    out = Path(out)
+    columns: list[str] = []
+    rows: list[dict[str, str]] = []
+    for source in map(Path, inputs):
+        cases = read_manifest(source)  # checks labels and that every file exists
+        with open(source, newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns += [c for c in reader.fieldnames or () if c not in columns]
+            for row, case in zip(reader, cases, strict=True):
+                for column, path in (("image", case.image), ("infection_mask", case.infection_mask), ("lung_mask", case.lung_mask)):
+                    if path is not None:
+                        row[column] = os.path.relpath(path, out.parent.resolve())
+                rows.append(row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
 
 
 def manifest_sha256(path: str | os.PathLike) -> str:
@@ -249,20 +277,27 @@ class ClassifierDataset(Dataset):
 
 
 class SegmenterDataset(Dataset):
-    """Random crops of ``roi`` from the segmenter grid, half centred on infection."""
+    """Whole lung boxes on the segmenter grid, as inference sees them; mirrored at random.
 
-    def __init__(self, cases: Sequence[PreparedCase], roi: Sequence[int], seed: int = 0) -> None:
+    The U-Net normalises each instance over its field of view, so it must train on the
+    field of view it infers on: the box zero-padded at the end to a multiple of
+    ``divisor`` (as :func:`models.segmenter.infection_probability` pads it), cut to a
+    random ``roi`` only when larger (inference then slides that window). Training on
+    smaller crops centred on infection made it over-segment whole boxes, and fine-tuning
+    on such crops lowered the Dice even on the training scans (docs/finetuning.md).
+    Boxes differ in size: use batches of one.
+    """
+
+    def __init__(self, cases: Sequence[PreparedCase], roi: Sequence[int], divisor: int, seed: int = 0) -> None:
         self.cases = [c for c in cases if c.has_mask]
         if not self.cases:
             raise ManifestError("Training the infection segmenter needs cases with infection masks.")
+        self.roi = tuple(int(r) for r in roi)
         self.transform = Compose(
             [
-                SpatialPadd(keys=["image", "label"], spatial_size=tuple(roi)),
-                RandCropByPosNegLabeld(
-                    keys=["image", "label"], label_key="label", spatial_size=tuple(roi), pos=1, neg=1, num_samples=1
-                ),
+                DivisiblePadd(keys=["image", "label"], k=divisor, method="end"),
+                RandSpatialCropd(keys=["image", "label"], roi_size=self.roi, random_size=False),
                 RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2),
-                RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             ]
         ).set_random_state(seed)
 
@@ -275,8 +310,8 @@ class SegmenterDataset(Dataset):
             "image": torch.from_numpy(case.seg_image.astype(np.float32))[None],
             "label": torch.from_numpy(case.seg_infection.astype(np.float32))[None],
         }
-        crop = self.transform(item)[0]
-        return {"image": torch.as_tensor(crop["image"]).float(), "label": torch.as_tensor(crop["label"]).float()}
+        item = self.transform(item)
+        return {"image": torch.as_tensor(item["image"]).float(), "label": torch.as_tensor(item["label"]).float()}
 
 
 def _existing(base: Path, value: str, manifest: str, row: int) -> Path:

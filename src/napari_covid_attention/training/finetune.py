@@ -62,12 +62,12 @@ class FinetuneConfig:
     min_train_cases: int = 2
     min_val_cases: int = 2
     classifier_epochs: int = 3
-    segmenter_epochs: int = 10
-    # The classifiers were trained on thousands of scans: a gentle step keeps their
-    # calibration (1e-4 doubled the held-out loss in docs/finetuning.md, 3e-5 lowered it).
+    segmenter_epochs: int = 6
+    # The networks were trained on thousands of scans: gentle steps keep what they learned
+    # (docs/finetuning.md: classifier 1e-4 doubled the held-out loss, 3e-5 lowered it).
     classifier_lr: float = 3e-5
-    segmenter_lr: float = 1e-3
-    batch_size: int = 2
+    segmenter_lr: float = 3e-4
+    batch_size: int = 2  # classifier batches (the segmenter takes one lung box at a time)
     attention_weight: float = 1.0
     tolerance: float = 0.0  # allowed worsening when deciding promotion
     seed: int = 0
@@ -127,10 +127,11 @@ def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneR
     yield from _tune_segmenter(segmenter, [r.prepared for r in train], current, config, device)
     members = []
     labelled = [r.prepared for r in train if r.labelled]
+    loss = LossConfig(attention_weight=config.attention_weight, attention_kind=attention_loss_kind(current))
     for member in current.members:
         model = _fresh_copy(member.model, DSANet(current.classifier_config)).to(device)
         if labelled:
-            yield from _tune_classifier(model, member.name, labelled, config, device)
+            yield from _tune_classifier(model, member.name, labelled, loss, config, device)
         members.append(Member(member.name, member.sampling, member.weight, model.eval()))
     candidate = copy.copy(current)
     candidate.members, candidate.segmenter = members, segmenter.eval()
@@ -161,6 +162,7 @@ def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneR
             "cases_train": [r.key for r in train],
             "cases_val": [r.key for r in val],
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "attention_loss": loss.attention_kind,
             "seconds": round(time.time() - started, 1),
         },
         parent={"name": current.name, "version": current.version},
@@ -200,6 +202,12 @@ def evaluate(bundle: Bundle, cases: Sequence[PreparedCase], device: torch.device
     return {"dice": dice, "nll": nll}
 
 
+def attention_loss_kind(bundle: Bundle) -> str:
+    """The attention loss the bundle was trained with (fine-tuning keeps pulling the same way)."""
+    training = bundle.training or {}
+    return training.get("attention_loss") or training.get("config", {}).get("loss", {}).get("attention_kind") or "mse"
+
+
 def split_cases(cases: Sequence[_Reviewed], config: FinetuneConfig) -> tuple[list[_Reviewed], list[_Reviewed]]:
     """A held-out part, the same for the same cases and seed (ordered by case key)."""
     needed = config.min_train_cases + config.min_val_cases
@@ -235,16 +243,16 @@ def _prepare_reviewed(config: FinetuneConfig, bundle: Bundle) -> Generator[Finet
 def _tune_segmenter(
     model: torch.nn.Module, cases: list[PreparedCase], bundle: Bundle, config: FinetuneConfig, device: torch.device
 ) -> Generator[FinetuneEvent, None, None]:
-    dataset = SegmenterDataset(cases, bundle.preprocessing.segmenter_patch, seed=config.seed)
+    dataset = SegmenterDataset(cases, bundle.preprocessing.segmenter_roi, bundle.segmenter_config.divisor, seed=config.seed)
     sampler = WeightedStreamSampler(np.ones(len(dataset)), len(dataset), seed=config.seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler)
+    loader = DataLoader(dataset, batch_size=1, sampler=sampler)  # boxes differ in size
     criterion = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.segmenter_lr)
     total = config.segmenter_epochs * len(loader)
     step = 0
     for epoch in range(config.segmenter_epochs):
         sampler.set_epoch(epoch)
-        _train_keeping_norm_statistics(model)
+        model.train()
         for batch in loader:
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
@@ -258,17 +266,19 @@ def _tune_segmenter(
 
 
 def _tune_classifier(
-    model: torch.nn.Module, name: str, cases: list[PreparedCase], config: FinetuneConfig, device: torch.device
+    model: torch.nn.Module, name: str, cases: list[PreparedCase], loss: LossConfig, config: FinetuneConfig, device: torch.device
 ) -> Generator[FinetuneEvent, None, None]:
     sampler = WeightedStreamSampler(np.ones(len(cases)), len(cases), seed=config.seed)
     loader = DataLoader(ClassifierDataset(cases, augment=True, seed=config.seed), batch_size=config.batch_size, sampler=sampler)
-    criterion = DSALoss(LossConfig(attention_weight=config.attention_weight)).to(device)
+    criterion = DSALoss(loss).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.classifier_lr)
     total = config.classifier_epochs * len(loader)
     step = 0
     for epoch in range(config.classifier_epochs):
         sampler.set_epoch(epoch)
-        _train_keeping_norm_statistics(model)
+        # Batch-norm statistics adapt to the reviewed scans (the site's own). Freezing them
+        # made the loss jump between steps even on the training scans (docs/finetuning.md).
+        model.train()
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             optimizer.zero_grad(set_to_none=True)
@@ -287,13 +297,3 @@ def _fresh_copy(source: torch.nn.Module, blank: torch.nn.Module) -> torch.nn.Mod
     hooks and frozen ``requires_grad`` flags that a model used for diagnosis carries."""
     blank.load_state_dict(source.state_dict())
     return blank
-
-
-def _train_keeping_norm_statistics(model: torch.nn.Module) -> None:
-    """Train mode, but batch-norm layers keep their running statistics: a handful of
-    corrected cases in batches of two would otherwise overwrite what the model learned
-    from thousands of scans."""
-    model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()

@@ -84,7 +84,6 @@ class TrainConfig:
     epochs: int = 20
     segmenter_epochs: int = 20
     batch_size: int = 8
-    segmenter_batch_size: int = 2
     lr: float = 1e-3
     segmenter_lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -318,12 +317,29 @@ def _fit_classifier(
     env: _Distributed,
     init_state: dict | None = None,
 ) -> Generator[TrainEvent, None, tuple[DSANet, np.ndarray, list]]:
-    """Train one member; keeps the epoch with the best validation AUC (then loss)."""
+    """Train one member; keeps the epoch with the best validation AUC (then loss).
+
+    A warm start's own weights compete as epoch 0, so a run cannot end worse on
+    validation than where it started; with 0 epochs they are kept as they are.
+    """
     torch.manual_seed(config.seed + 1000 * (1 + _member_kinds("dual").index(name)))
     model = DSANet(config.classifier)
     if init_state is not None:
         model.load_state_dict(init_state)
     model = model.to(device)
+    if config.epochs == 0 and init_state is None:
+        raise UserFacingError("--epochs 0 keeps warm-started classifiers; it needs --init BUNDLE.")
+    best: tuple[tuple[float, float], dict, np.ndarray] | None = None
+    history = []
+    labels = np.array([c.label for c in val])
+    if init_state is not None and env.is_main:
+        probs = predict_probabilities(model, val, device)
+        auc, nll = _auc(probs, labels), _nll(probs, labels)
+        history.append({"epoch": 0, "val_auc": auc, "val_nll": nll})
+        best = ((round(auc, 4), -nll), copy.deepcopy(model.state_dict()), probs)
+        yield TrainEvent(f"classifier:{name}", 0, max(1, config.epochs), {"val_auc": auc, "val_nll": nll})
+    if config.epochs == 0:
+        return model.eval(), (best[2] if best is not None else np.zeros(0)), history
     ddp = DistributedDataParallel(model) if env.world_size > 1 else model
     sampler = WeightedStreamSampler(weights, len(train), seed=config.seed, rank=env.rank, world_size=env.world_size)
     dataset = ClassifierDataset(train, augment=True, seed=config.seed + env.rank, intensity=config.intensity_augment)
@@ -333,8 +349,6 @@ def _fit_classifier(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
-    best: tuple[tuple[float, float], dict, np.ndarray] | None = None
-    history = []
     total_steps = config.epochs * steps_per_epoch
     for epoch in range(config.epochs):
         sampler.set_epoch(epoch)
@@ -355,7 +369,6 @@ def _fit_classifier(
         env.barrier()
         if env.is_main:
             probs = predict_probabilities(model, val, device)
-            labels = np.array([c.label for c in val])
             auc, nll = _auc(probs, labels), _nll(probs, labels)
             record = {"epoch": epoch + 1, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}, "val_auc": auc, "val_nll": nll}
             history.append(record)
@@ -391,34 +404,36 @@ def _fit_segmenter(
     env: _Distributed,
     init_state: dict | None = None,
 ) -> Generator[TrainEvent, None, tuple[torch.nn.Module, list]]:
-    """Dice + CE on random crops; keeps the epoch with the best validation Dice.
+    """Dice + CE on whole lung boxes; keeps the epoch with the best validation Dice.
 
-    With a warm start and 0 epochs the initial segmenter is kept as it is (its validation
-    Dice is still measured, for the bundle's metrics).
+    A warm start's own weights compete as epoch 0; with 0 epochs they are kept as they
+    are (their validation Dice is still measured, for the bundle's metrics).
     """
     torch.manual_seed(config.seed + 7)
     model = build_segmenter(config.segmenter)
     if init_state is not None:
         model.load_state_dict(init_state)
     model = model.to(device)
+    if config.segmenter_epochs == 0 and init_state is None:
+        raise UserFacingError("--segmenter-epochs 0 keeps a warm-started segmenter; it needs --init BUNDLE.")
+    best: tuple[float, dict] | None = None
+    history = []
+    if init_state is not None and env.is_main:
+        dice = segmentation_dice(model, val, config.preprocessing.segmenter_roi, config.segmenter.divisor, device)
+        history.append({"epoch": 0, "val_dice": dice})
+        best = (dice, copy.deepcopy(model.state_dict()))
+        yield TrainEvent("segmenter", 0, max(1, config.segmenter_epochs), {"val_dice": dice})
     if config.segmenter_epochs == 0:
-        if init_state is None:
-            raise UserFacingError("--segmenter-epochs 0 keeps a warm-started segmenter; it needs --init BUNDLE.")
-        if env.is_main:
-            dice = segmentation_dice(model, val, config.preprocessing.segmenter_roi, config.segmenter.divisor, device)
-            return model.eval(), [{"epoch": 0, "val_dice": dice}]
-        return model.eval(), []
+        return model.eval(), history
     ddp = DistributedDataParallel(model) if env.world_size > 1 else model
-    dataset = SegmenterDataset(train, config.preprocessing.segmenter_patch, seed=config.seed + env.rank)
+    dataset = SegmenterDataset(train, config.preprocessing.segmenter_roi, config.segmenter.divisor, seed=config.seed + env.rank)
     sampler = WeightedStreamSampler(np.ones(len(dataset)), len(dataset), seed=config.seed + 1, rank=env.rank, world_size=env.world_size)
-    loader = DataLoader(dataset, batch_size=config.segmenter_batch_size, sampler=sampler)
+    loader = DataLoader(dataset, batch_size=1, sampler=sampler)  # boxes differ in size
     criterion = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.segmenter_lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(loader))
     total_steps = config.segmenter_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.segmenter_lr, total_steps=total_steps, pct_start=0.15)
-    best: tuple[float, dict] | None = None
-    history = []
     for epoch in range(config.segmenter_epochs):
         sampler.set_epoch(epoch)
         model.train()
