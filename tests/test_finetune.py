@@ -63,8 +63,9 @@ def test_finetuning_saves_a_candidate_and_promotes_by_the_rule(corrected_store, 
     result, events = _run(finetune(_config(corrected_store, registry, tiny_bundle)))
     assert {e.phase for e in events} >= {"prepare", "evaluate current", "segmenter", "classifier:uniform", "evaluate new", "done"}
     assert result.n_train + result.n_val == N_CASES and result.n_val >= 3
-    assert (result.promoted, result.reason) == decide(result.before, result.after)
     new = load_bundle(result.bundle_path)
+    decision = decide(result.before, new.metrics["finetune"]["tuned"])
+    assert (result.promoted, result.reason, result.after) == (decision.promoted, decision.reason, decision.metrics)
     assert new.parent == {"name": "tiny-test", "version": "0.0.1"} and result.version == "0.1.0"
     assert new.metrics["finetune"]["after"] == result.after
     # a rejected candidate is kept for inspection but never becomes current by default
@@ -72,11 +73,36 @@ def test_finetuning_saves_a_candidate_and_promotes_by_the_rule(corrected_store, 
 
 
 def test_a_worse_candidate_is_kept_but_not_promoted():
-    promoted, reason = decide({"dice": 0.6, "nll": 0.4}, {"dice": 0.55, "nll": 0.3})
-    assert not promoted and "Dice fell from 0.600 to 0.550" in reason
-    promoted, reason = decide({"dice": 0.6, "nll": 0.4}, {"dice": 0.7, "nll": 0.5})
-    assert not promoted and "classification loss rose" in reason
-    assert decide({"dice": 0.6, "nll": float("nan")}, {"dice": 0.6, "nll": float("nan")})[0]
+    decision = decide({"dice": 0.6, "nll": 0.4}, {"dice": 0.55, "nll": 0.5})
+    assert not decision.promoted
+    assert "Dice fell from 0.600 to 0.550" in decision.reason and "classification loss rose" in decision.reason
+    assert decide({"dice": 0.6, "nll": float("nan")}, {"dice": 0.6, "nll": float("nan")}).promoted
+
+
+def test_the_part_that_got_worse_stays_as_it_was():
+    """Segmenter and classifiers are scored apart, so each is judged on its own metric."""
+    only_segmenter = decide({"dice": 0.6, "nll": 0.4}, {"dice": 0.7, "nll": 0.5})
+    assert only_segmenter.promoted and only_segmenter.take_segmenter and not only_segmenter.take_classifiers
+    assert only_segmenter.metrics == {"dice": 0.7, "nll": 0.4}
+    assert "classifiers stay as they were (their held-out classification loss rose from 0.400 to 0.500)" in only_segmenter.reason
+    only_classifiers = decide({"dice": 0.6, "nll": 0.4}, {"dice": 0.55, "nll": 0.3})
+    assert only_classifiers.promoted and only_classifiers.take_classifiers and not only_classifiers.take_segmenter
+    assert only_classifiers.metrics == {"dice": 0.6, "nll": 0.3}
+
+
+def test_a_partly_promoted_version_keeps_the_current_part(corrected_store, tiny_bundle, tmp_path, monkeypatch):
+    import torch
+
+    registry = tmp_path / "bundles"
+    monkeypatch.setattr(finetune_module, "decide", lambda before, tuned, tolerance: finetune_module.Decision(
+        True, True, False, "test: segmenter only", {"dice": tuned["dice"], "nll": before["nll"]}))
+    result, _ = _run(finetune(_config(corrected_store, registry, tiny_bundle)))
+    new, start = load_bundle(result.bundle_path), load_bundle(tiny_bundle)
+    for tuned, kept in zip(new.members, start.members, strict=True):
+        for key, value in kept.model.state_dict().items():
+            assert torch.equal(tuned.model.state_dict()[key], value)
+    assert new.metrics["finetune"]["took"] == {"segmenter": True, "classifiers": False}
+    assert any(not torch.equal(v, start.segmenter.state_dict()[k]) for k, v in new.segmenter.state_dict().items())
 
 
 def test_cancel_mid_way_leaves_bundle_registry_and_store_untouched(corrected_store, tiny_bundle, tmp_path):

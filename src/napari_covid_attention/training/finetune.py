@@ -6,8 +6,9 @@ learns the corrected masks (Dice + CE) and each classifier member learns them th
 the attention loss (plus the classification loss on the confirmed classes). The new
 version is saved to the registry in every case, with its metrics and parent, but becomes
 *current* only when, on the held-out cases, its infection Dice is not lower and its
-classification loss not higher than the current version's; otherwise the current version
-stays and the reason is recorded.
+classification loss not higher than the current version's. The two parts are judged apart:
+a part that would make the new version worse is kept from the current one (and the reason
+recorded); when both would, the current version stays.
 
 Nothing is written until the very end (one atomic bundle save, then the registry
 pointer), so a cancelled or failed run leaves the current bundle and the store untouched.
@@ -137,10 +138,15 @@ def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneR
     candidate.members, candidate.segmenter = members, segmenter.eval()
 
     yield FinetuneEvent("evaluate new", 0, 1)
-    after = evaluate(candidate, [r.prepared for r in val], device)
-    yield FinetuneEvent("evaluate new", 1, 1, after)
+    tuned = evaluate(candidate, [r.prepared for r in val], device)
+    yield FinetuneEvent("evaluate new", 1, 1, tuned)
 
-    promoted, reason = decide(before, after, config.tolerance)
+    decision = decide(before, tuned, config.tolerance)
+    promoted, reason, after = decision.promoted, decision.reason, decision.metrics
+    if promoted and not decision.take_segmenter:
+        segmenter = current.segmenter
+    if promoted and not decision.take_classifiers:
+        members = current.members
     version = next_version(current.name, config.registry_root, after=current.version)
     path = save_bundle(
         (config.registry_root or user_bundles_dir()) / current.name / version,
@@ -154,7 +160,11 @@ def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneR
         segmenter_config=current.segmenter_config,
         metrics={
             **current.metrics,
-            "finetune": {"before": before, "after": after, "promoted": promoted, "reason": reason, "n_train": len(train), "n_val": len(val)},
+            "finetune": {
+                "before": before, "tuned": tuned, "after": after, "promoted": promoted, "reason": reason,
+                "took": {"segmenter": decision.take_segmenter, "classifiers": decision.take_classifiers},
+                "n_train": len(train), "n_val": len(val),
+            },
         },
         training={
             "kind": "fine-tuning from annotator corrections",
@@ -176,17 +186,41 @@ def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneR
     return result
 
 
-def decide(before: dict[str, float], after: dict[str, float], tolerance: float = 0.0) -> tuple[bool, str]:
-    """Promote only if infection Dice did not drop and classification loss did not rise."""
-    worse = []
-    if after["dice"] < before["dice"] - tolerance:
-        worse.append(f"infection Dice fell from {before['dice']:.3f} to {after['dice']:.3f}")
-    if not np.isnan(before["nll"]) and after["nll"] > before["nll"] + tolerance:
-        worse.append(f"classification loss rose from {before['nll']:.3f} to {after['nll']:.3f}")
-    if worse:
-        return False, "kept the current version: " + " and ".join(worse) + " on the held-out cases"
-    nll = "" if np.isnan(before["nll"]) else f", classification loss {before['nll']:.3f} -> {after['nll']:.3f}"
-    return True, f"held-out infection Dice {before['dice']:.3f} -> {after['dice']:.3f}{nll}"
+@dataclass(frozen=True)
+class Decision:
+    """What becomes the new version: the tuned segmenter, the tuned classifiers, or both.
+
+    The two parts are judged apart (the segmenter by held-out infection Dice, the
+    classifiers by held-out classification loss; each is scored without the other), so a
+    part that got worse stays as it was instead of costing the other part its gain.
+    ``metrics`` are those of the version this decision makes.
+    """
+
+    promoted: bool
+    take_segmenter: bool
+    take_classifiers: bool
+    reason: str
+    metrics: dict[str, float]
+
+
+def decide(before: dict[str, float], tuned: dict[str, float], tolerance: float = 0.0) -> Decision:
+    """Promote when neither held-out infection Dice nor classification loss gets worse,
+    keeping the current version of whichever part would make it worse."""
+    dice_ok = tuned["dice"] >= before["dice"] - tolerance
+    nll_ok = np.isnan(before["nll"]) or tuned["nll"] <= before["nll"] + tolerance
+    fell = f"infection Dice fell from {before['dice']:.3f} to {tuned['dice']:.3f}"
+    rose = f"classification loss rose from {before['nll']:.3f} to {tuned['nll']:.3f}"
+    if not (dice_ok or nll_ok):
+        return Decision(False, False, False, f"kept the current version: {fell} and {rose} on the held-out cases", tuned)
+    if not dice_ok:
+        reason = f"the segmenter stays as it was (its held-out {fell}); held-out classification loss {before['nll']:.3f} -> {tuned['nll']:.3f}"
+        return Decision(True, False, True, reason, {"dice": before["dice"], "nll": tuned["nll"]})
+    gained = f"held-out infection Dice {before['dice']:.3f} -> {tuned['dice']:.3f}"
+    if not nll_ok:
+        reason = f"{gained}; the classifiers stay as they were (their held-out {rose})"
+        return Decision(True, True, False, reason, {"dice": tuned["dice"], "nll": before["nll"]})
+    nll = "" if np.isnan(before["nll"]) else f", classification loss {before['nll']:.3f} -> {tuned['nll']:.3f}"
+    return Decision(True, True, True, gained + nll, dict(tuned))
 
 
 def evaluate(bundle: Bundle, cases: Sequence[PreparedCase], device: torch.device) -> dict[str, float]:
