@@ -173,3 +173,14 @@ def test_corrections_raise_the_demo_bundles_held_out_dice(tmp_path):
     assert report["promoted"], report["reason"]
     assert report["held_out_dice"]["after"] >= report["held_out_dice"]["before"] + 0.10
     assert report["unseen_dice"]["after"]["mean"] > report["unseen_dice"]["before"]["mean"]
+
+
+def test_cli_help_states_the_fine_tuning_defaults():
+    """The CLI repeats FinetuneConfig's epochs in --help (to keep --help free of torch)."""
+    from napari_covid_attention.cli import build_parser
+
+    parser = build_parser()
+    finetune_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("finetune"))
+    helps = {a.dest: a.help for a in finetune_parser._actions}
+    assert helps["segmenter_epochs"] == f"default {FinetuneConfig.segmenter_epochs}"
+    assert helps["classifier_epochs"] == f"default {FinetuneConfig.classifier_epochs}"

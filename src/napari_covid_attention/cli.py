@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune the current bundle from reviewed corrections; promote only if not worse")
     ft.add_argument("--store", type=Path, default=None, help="annotation store folder (default: the user data folder's)")
     ft.add_argument("--bundle", default=None, help="bundle to start from (default: the demo's current version)")
-    ft.add_argument("--segmenter-epochs", type=int, default=None, help="default 10")
+    ft.add_argument("--segmenter-epochs", type=int, default=None, help="default 6")
     ft.add_argument("--classifier-epochs", type=int, default=None, help="default 3")
     ft.add_argument("--val-fraction", type=float, default=0.3, help="share of reviewed cases held out to decide promotion")
     ft.add_argument("--device", default="auto")
