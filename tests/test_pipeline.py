@@ -95,3 +95,5 @@ def test_config_round_trips_through_dict():
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown preprocessing"):
         PreprocessConfig.from_dict({"bogus": 1})
+    # Bundles before 1.1.0 name the segmenter's old training crop; they still load.
+    assert PreprocessConfig.from_dict({**cfg.to_dict(), "segmenter_patch": [48, 96, 128]}) == cfg
