@@ -13,6 +13,7 @@ import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from napari_covid_attention.errors import UserFacingError
@@ -106,15 +107,29 @@ def _has_screen() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def start_virtual_display(timeout_s: float = 10.0) -> subprocess.Popen:
+def start_virtual_display(timeout_s: float = 10.0, attempts: int = 3) -> subprocess.Popen:
     """Start Xvfb so napari can render offscreen with OpenGL.
 
     ``QT_QPA_PLATFORM=offscreen`` alone gives Qt no OpenGL context, so napari's canvas
     would stay black; a virtual X server is the dependable way on a headless machine.
+    About one server in four on the 2-core test machine named a display that Qt could
+    not open (whatever the wait); a fresh server then works, hence the attempts.
     """
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
         raise UserFacingError("Headless rendering needs Xvfb (Debian/Ubuntu: apt-get install xvfb).")
+    for _ in range(attempts):
+        proc, number = _start_xvfb(xvfb, timeout_s)
+        if number and _accepts_connections(number, timeout_s):
+            os.environ["DISPLAY"] = f":{number}"
+            return proc
+        proc.terminate()
+        proc.wait(timeout=10)
+    raise UserFacingError("Xvfb did not start; cannot render headless screenshots.")
+
+
+def _start_xvfb(xvfb: str, timeout_s: float) -> tuple[subprocess.Popen, str]:
+    """An Xvfb process and the display number it chose ("" if it named none in time)."""
     read_fd, write_fd = os.pipe()
     proc = subprocess.Popen(
         # -noreset: when the last client leaves, Xvfb would reset and write the display
@@ -128,8 +143,23 @@ def start_virtual_display(timeout_s: float = 10.0) -> subprocess.Popen:
     ready, _, _ = select.select([read_fd], [], [], timeout_s)
     number = os.read(read_fd, 32).decode().strip() if ready else ""
     os.close(read_fd)
-    if not number:
-        proc.terminate()
-        raise UserFacingError("Xvfb did not start; cannot render headless screenshots.")
-    os.environ["DISPLAY"] = f":{number}"
-    return proc
+    return proc, number
+
+
+def _accepts_connections(display: str, timeout_s: float, tries: int = 2) -> bool:
+    """Whether a Qt application can open the display (tried in a child process).
+
+    When it cannot, Qt aborts the whole process ("could not connect to display"), so a
+    throwaway child takes that risk instead of the demo.
+    """
+    probe = "from qtpy.QtWidgets import QApplication; QApplication([])"
+    env = {**os.environ, "DISPLAY": f":{display}"}
+    for _ in range(tries):
+        try:
+            done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=max(timeout_s, 30.0))
+        except subprocess.TimeoutExpired:
+            continue
+        if done.returncode == 0:
+            return True
+        time.sleep(0.5)
+    return False
