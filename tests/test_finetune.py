@@ -88,6 +88,10 @@ def test_the_part_that_got_worse_stays_as_it_was():
     only_classifiers = decide({"dice": 0.6, "nll": 0.4}, {"dice": 0.55, "nll": 0.3})
     assert only_classifiers.promoted and only_classifiers.take_classifiers and not only_classifiers.take_segmenter
     assert only_classifiers.metrics == {"dice": 0.6, "nll": 0.3}
+    assert only_classifiers.reason.endswith("; held-out classification loss 0.400 -> 0.300")
+    # Without labelled held-out cases there is no loss to quote.
+    no_labels = decide({"dice": 0.6, "nll": float("nan")}, {"dice": 0.5, "nll": float("nan")})
+    assert "nan" not in no_labels.reason and not no_labels.take_segmenter
 
 
 def test_a_partly_promoted_version_keeps_the_current_part(corrected_store, tiny_bundle, tmp_path, monkeypatch):

@@ -210,17 +210,18 @@ def decide(before: dict[str, float], tuned: dict[str, float], tolerance: float =
     nll_ok = np.isnan(before["nll"]) or tuned["nll"] <= before["nll"] + tolerance
     fell = f"infection Dice fell from {before['dice']:.3f} to {tuned['dice']:.3f}"
     rose = f"classification loss rose from {before['nll']:.3f} to {tuned['nll']:.3f}"
+    # No labelled held-out case: there is no loss to report.
+    loss_change = "" if np.isnan(before["nll"]) else f"classification loss {before['nll']:.3f} -> {tuned['nll']:.3f}"
     if not (dice_ok or nll_ok):
         return Decision(False, False, False, f"kept the current version: {fell} and {rose} on the held-out cases", tuned)
     if not dice_ok:
-        reason = f"the segmenter stays as it was (its held-out {fell}); held-out classification loss {before['nll']:.3f} -> {tuned['nll']:.3f}"
+        reason = f"the segmenter stays as it was (its held-out {fell})" + (f"; held-out {loss_change}" if loss_change else "")
         return Decision(True, False, True, reason, {"dice": before["dice"], "nll": tuned["nll"]})
     gained = f"held-out infection Dice {before['dice']:.3f} -> {tuned['dice']:.3f}"
     if not nll_ok:
         reason = f"{gained}; the classifiers stay as they were (their held-out {rose})"
         return Decision(True, True, False, reason, {"dice": tuned["dice"], "nll": before["nll"]})
-    nll = "" if np.isnan(before["nll"]) else f", classification loss {before['nll']:.3f} -> {tuned['nll']:.3f}"
-    return Decision(True, True, True, gained + nll, dict(tuned))
+    return Decision(True, True, True, gained + (f", {loss_change}" if loss_change else ""), dict(tuned))
 
 
 def evaluate(bundle: Bundle, cases: Sequence[PreparedCase], device: torch.device) -> dict[str, float]:
