@@ -292,11 +292,10 @@ class SegmenterDataset(Dataset):
         self.cases = [c for c in cases if c.has_mask]
         if not self.cases:
             raise ManifestError("Training the infection segmenter needs cases with infection masks.")
-        self.roi = tuple(int(r) for r in roi)
         self.transform = Compose(
             [
                 DivisiblePadd(keys=["image", "label"], k=divisor, method="end"),
-                RandSpatialCropd(keys=["image", "label"], roi_size=self.roi, random_size=False),
+                RandSpatialCropd(keys=["image", "label"], roi_size=tuple(int(r) for r in roi), random_size=False),
                 RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2),
             ]
         ).set_random_state(seed)
