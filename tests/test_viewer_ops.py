@@ -70,6 +70,9 @@ def test_layers_are_added_on_the_ct_geometry(viewer, diagnosis):
         world = layer.data_to_world((0, 0, 0))
         np.testing.assert_allclose(world, (diagnosis.maps[kind].affine @ [0, 0, 0, 1])[:3][::-1], atol=1e-6)
         assert np.all(np.asarray(layer.scale) > np.asarray(ct.scale))  # coarse, not upsampled
+        # the lung's background saliency leaves the CT untinted; the peak is fully drawn
+        alpha = layer.colormap.map(np.array([0.0, 0.2, 1.0]))[:, 3]
+        np.testing.assert_allclose(alpha, [0.0, 0.0, 1.0])
 
 
 def test_rerun_replaces_plugin_layers_and_keeps_user_layers(viewer, diagnosis):

@@ -31,6 +31,9 @@ MAP_TITLES = {"attention": "attention", "gradcam": "Grad-CAM", "gradcam_pp": "Gr
 MASK_KINDS = ("lung_mask", "infection_mask")
 LUNG_COLORS = {RIGHT_LUNG: "#33d6ff", LEFT_LUNG: "#ffd633"}
 INFECTION_COLOR = "#ff3030"
+# Saliency below this fraction of its scan's peak fades to nothing: a map is normalised
+# per scan, so most of the lung sits at 0.1-0.4 and would otherwise tint the whole lung box.
+SALIENCY_FADE = (0.25, 0.6)
 
 
 def ct_volume_of(layer: Layer) -> CTVolume:
@@ -132,7 +135,7 @@ def _add_map(
     )
     return _refresh(earlier, saliency.values, kwargs) or viewer.add_image(
         saliency.values,
-        colormap="inferno",
+        colormap=saliency_colormap(),
         blending="additive",
         opacity=0.6,
         contrast_limits=(0.0, 1.0),
@@ -141,6 +144,20 @@ def _add_map(
         visible=visible,
         **kwargs,
     )
+
+
+def saliency_colormap():
+    """Inferno whose alpha ramps from 0 to 1 over ``SALIENCY_FADE``: only hot spots tint the CT.
+
+    napari has no colormap with a transparent low end; additive blending weighs by alpha.
+    """
+    from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
+
+    inferno = AVAILABLE_COLORMAPS["inferno"]
+    low, high = SALIENCY_FADE
+    colors = np.array(inferno.colors, dtype=np.float32)
+    colors[:, 3] = np.clip((np.asarray(inferno.controls) - low) / (high - low), 0.0, 1.0)
+    return Colormap(colors, controls=inferno.controls, name="saliency", display_name="saliency (inferno, faded)")
 
 
 REFRESHED_IN_PLACE = ("lung_mask", "attention", "gradcam", "gradcam_pp")
