@@ -333,11 +333,10 @@ def _fit_classifier(
     history = []
     labels = np.array([c.label for c in val])
     if init_state is not None and env.is_main:
-        probs = predict_probabilities(model, val, device)
-        auc, nll = _auc(probs, labels), _nll(probs, labels)
-        history.append({"epoch": 0, "val_auc": auc, "val_nll": nll})
-        best = ((round(auc, 4), -nll), copy.deepcopy(model.state_dict()), probs)
-        yield TrainEvent(f"classifier:{name}", 0, max(1, config.epochs), {"val_auc": auc, "val_nll": nll})
+        scores, key, probs = _validate_classifier(model, val, labels, device)
+        history.append({"epoch": 0, **scores})
+        best = (key, copy.deepcopy(model.state_dict()), probs)
+        yield TrainEvent(f"classifier:{name}", 0, max(1, config.epochs), scores)
     if config.epochs == 0:
         return model.eval(), (best[2] if best is not None else np.zeros(0)), history
     ddp = DistributedDataParallel(model) if env.world_size > 1 else model
@@ -368,19 +367,25 @@ def _fit_classifier(
             yield TrainEvent(f"classifier:{name}", epoch * steps_per_epoch + step + 1, total_steps, {"loss": parts["total"]})
         env.barrier()
         if env.is_main:
-            probs = predict_probabilities(model, val, device)
-            auc, nll = _auc(probs, labels), _nll(probs, labels)
-            record = {"epoch": epoch + 1, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}, "val_auc": auc, "val_nll": nll}
-            history.append(record)
-            key = (round(auc, 4), -nll)
+            scores, key, probs = _validate_classifier(model, val, labels, device)
+            history.append({"epoch": epoch + 1, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}, **scores})
             if best is None or key > best[0]:
                 best = (key, copy.deepcopy(model.state_dict()), probs)
-            yield TrainEvent(f"classifier:{name}", (epoch + 1) * steps_per_epoch, total_steps, {"val_auc": auc, "val_nll": nll})
+            yield TrainEvent(f"classifier:{name}", (epoch + 1) * steps_per_epoch, total_steps, scores)
         env.barrier()
     if best is not None:
         model.load_state_dict(best[1])
         return model.eval(), best[2], history
     return model.eval(), np.zeros(0), history
+
+
+def _validate_classifier(
+    model: DSANet, val: Sequence[PreparedCase], labels: np.ndarray, device: torch.device
+) -> tuple[dict, tuple[float, float], np.ndarray]:
+    """Validation scores, the key epochs compete on (AUC, then lower NLL), and P(class 0)."""
+    probs = predict_probabilities(model, val, device)
+    auc, nll = _auc(probs, labels), _nll(probs, labels)
+    return {"val_auc": auc, "val_nll": nll}, (round(auc, 4), -nll), probs
 
 
 def predict_probabilities(model: DSANet, cases: Sequence[PreparedCase], device: torch.device, batch_size: int = 8) -> np.ndarray:
