@@ -122,3 +122,22 @@ def test_evaluation_report(tiny_dataset, tiny_bundle, tmp_path):
     assert "attention" in report["localization"]
     assert "Dual sampling ablation" in (tmp_path / "report" / "report.md").read_text()
     assert load_ct(tiny_dataset.parent / "images" / "case_0000.nii.gz").shape == (32, 64, 64)
+
+
+def test_ablation_scores_the_rare_groups_apart_from_calibration():
+    """A model that calls everything COVID-19 wins small-COVID accuracy; the rare-pair AUC sees through it."""
+    from types import SimpleNamespace
+
+    from napari_covid_attention.training.evaluate import _ablation
+
+    labels = np.array([0, 0, 1, 1, 0, 1])  # 0 = COVID-19
+    fractions = np.array([0.005, 0.02, 0.2, 0.3, 0.2, 0.005])  # two small COVID, two large CAP, two common
+    biased = [0.9, 0.8, 0.95, 0.7, 0.9, 0.1]  # says COVID-19 to every rare case, ranks them badly
+    ranked = [0.45, 0.4, 0.2, 0.1, 0.9, 0.1]  # below 0.5 on small COVID, but ranks them right
+    results = [SimpleNamespace(prob_covid={"biased": b, "ranked": r}) for b, r in zip(biased, ranked, strict=True)]
+    table = _ablation(results, ["biased", "ranked"], labels, fractions, [0.0, 0.03, 0.1])
+    assert table["n_small_infection_covid"] == 2 and table["n_large_infection_cap"] == 2
+    assert table["models"]["biased"]["small_infection_covid_accuracy"] == 1.0
+    assert table["models"]["ranked"]["small_infection_covid_accuracy"] == 0.0
+    assert table["models"]["biased"]["rare_groups_auc"] == pytest.approx(0.5)
+    assert table["models"]["ranked"]["rare_groups_auc"] == pytest.approx(1.0)
