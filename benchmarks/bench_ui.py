@@ -122,6 +122,11 @@ def main() -> None:
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         worst = max(r["busy_max"] for r in rows)
         print(f"{threads:>13} {med['idle_max']:>12.1f} {med['idle_p99']:>9.1f} {med['busy_max']:>12.1f} {med['busy_p99']:>9.1f} {med['display_ms']:>11.0f} {med['seconds']:>12.2f}   (worst busy stall over {args.runs} runs: {worst:.1f} ms)")
+    # The widget scores the maps in a worker after each diagnosis; Python must not exit
+    # while it runs (Qt aborts when a finished worker signals into a torn-down app).
+    from napari.qt.threading import WorkerBase
+
+    WorkerBase.await_workers(60_000)
     viewer.close()
 
 
