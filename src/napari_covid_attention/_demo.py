@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -112,8 +112,8 @@ def start_virtual_display(timeout_s: float = 10.0, attempts: int = 3) -> subproc
 
     ``QT_QPA_PLATFORM=offscreen`` alone gives Qt no OpenGL context, so napari's canvas
     would stay black; a virtual X server is the dependable way on a headless machine.
-    About one server in four on the 2-core test machine named a display that Qt could
-    not open (whatever the wait); a fresh server then works, hence the attempts.
+    Each server is checked by a throwaway Qt client first (Qt aborts a process that
+    cannot open its display), and a server that fails the check is replaced.
     """
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
@@ -129,21 +129,37 @@ def start_virtual_display(timeout_s: float = 10.0, attempts: int = 3) -> subproc
 
 
 def _start_xvfb(xvfb: str, timeout_s: float) -> tuple[subprocess.Popen, str]:
-    """An Xvfb process and the display number it chose ("" if it named none in time)."""
-    read_fd, write_fd = os.pipe()
+    """An Xvfb process on a free display, and that display ("" if it was not ready in time).
+
+    Readiness is Xvfb's SIGUSR1 to a parent that started it with SIGUSR1 ignored, as
+    xvfb-run does. ``-displayfd`` was used before: it takes no lock file, and on the 2-core
+    test machine about half of the servers it started never accepted a Qt client (0 of 8
+    in one run, against 8 of 8 this way). Call from the main thread (signal handlers).
+    """
+    number = _free_display()
+    ready = []
+    signal.signal(signal.SIGUSR1, lambda *_: ready.append(True))
     proc = subprocess.Popen(
-        # -noreset: when the last client leaves, Xvfb would reset and write the display
-        # number to the (closed) pipe again, which kills it with SIGPIPE mid-demo.
-        [xvfb, "-displayfd", str(write_fd), "-noreset", "-screen", "0", "1920x1200x24", "-nolisten", "tcp"],
-        pass_fds=(write_fd,),
+        # -noreset: when the last client leaves, Xvfb would reset and signal its parent
+        # again, mid-demo.
+        [xvfb, f":{number}", "-noreset", "-screen", "0", "1920x1200x24", "-nolisten", "tcp"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN),
     )
-    os.close(write_fd)
-    ready, _, _ = select.select([read_fd], [], [], timeout_s)
-    number = os.read(read_fd, 32).decode().strip() if ready else ""
-    os.close(read_fd)
-    return proc, number
+    deadline = time.monotonic() + timeout_s
+    while not ready and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a stray one must not end the demo
+    return proc, number if ready else ""
+
+
+def _free_display(first: int = 99, tmp: Path = Path("/tmp")) -> str:
+    """The first display number with neither a lock file nor a socket (xvfb-run -a's rule)."""
+    for number in range(first, first + 100):
+        if not (tmp / f".X{number}-lock").exists() and not (tmp / ".X11-unix" / f"X{number}").exists():
+            return str(number)
+    raise UserFacingError(f"No free X display between :{first} and :{first + 99}; stop stale Xvfb servers.")
 
 
 def _accepts_connections(display: str, timeout_s: float, tries: int = 2) -> bool:
