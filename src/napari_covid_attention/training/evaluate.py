@@ -150,12 +150,13 @@ def _ablation(results, models, labels, fractions, edges) -> dict:
     table = {}
     for name in models:
         prob = np.array([r.prob_covid[name] for r in results])
+        overall = binary_metrics(prob, labels)
         table[name] = {
             "small_infection_covid_accuracy": float(np.mean(prob[small_covid] >= 0.5)) if small_covid.any() else float("nan"),
             "large_infection_cap_accuracy": float(np.mean(prob[large_cap] < 0.5)) if large_cap.any() else float("nan"),
             "rare_groups_auc": binary_metrics(prob[rare], labels[rare])["auc"] if rare.any() else float("nan"),
-            "auc": binary_metrics(prob, labels)["auc"],
-            "accuracy": binary_metrics(prob, labels)["accuracy"],
+            "auc": overall["auc"],
+            "accuracy": overall["accuracy"],
         }
     return {"n_small_infection_covid": int(small_covid.sum()), "n_large_infection_cap": int(large_cap.sum()), "models": table}
 
