@@ -26,6 +26,7 @@ from napari_covid_attention.preprocess.lung import LEFT_LUNG, RIGHT_LUNG
 if TYPE_CHECKING:
     from napari.components import ViewerModel
     from napari.layers import Image, Layer
+    from napari.utils.colormaps import Colormap
 
 MAP_TITLES = {"attention": "attention", "gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++"}
 MASK_KINDS = ("lung_mask", "infection_mask")
@@ -146,7 +147,7 @@ def _add_map(
     )
 
 
-def saliency_colormap():
+def saliency_colormap() -> Colormap:
     """Inferno whose alpha ramps from 0 to 1 over ``SALIENCY_FADE``: only hot spots tint the CT.
 
     napari has no colormap with a transparent low end; additive blending weighs by alpha.
