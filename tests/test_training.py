@@ -166,3 +166,35 @@ def test_segmenter_trains_on_the_field_of_view_inference_sees():
     assert int(item["label"].sum()) == int(small.seg_infection.sum())  # no lesion cut away
     large = _prepared((40, 20, 30))
     assert SegmenterDataset([large], roi=(16, 32, 32), divisor=8)[0]["image"].shape == (1, 16, 24, 32)
+
+
+def test_training_crops_like_diagnosis_whatever_the_reference_lung_mask(tiny_dataset, tmp_path):
+    """The classifier input comes from the lung mask computed from HU, as in diagnose();
+    a dataset's own lung mask only measures the infected fraction. (Training crops from
+    the reference mask's box made validation AUC 0.956 in training but 0.947 through
+    diagnose on the same scans.)"""
+    import dataclasses
+
+    import nibabel as nib
+
+    from napari_covid_attention.io.load import load_ct
+    from napari_covid_attention.preprocess.lung import lung_mask as compute_lung_mask
+    from napari_covid_attention.preprocess.pipeline import PreprocessConfig, network_inputs
+    from napari_covid_attention.training.datasets import prepare_case
+
+    case = read_manifest(tiny_dataset)[0]
+    reference = nib.load(case.lung_mask)
+    wide = np.zeros(reference.shape, np.uint8)
+    wide[2:-2, 2:-2, 2:-2] = 1  # a reference mask whose box is far wider than the lungs'
+    wide_path = tmp_path / "wide-lungs.nii.gz"
+    nib.save(nib.Nifti1Image(wide, reference.affine, reference.header), wide_path)
+    case = dataclasses.replace(case, lung_mask=wide_path)
+
+    config = PreprocessConfig(classifier_shape=(16, 32, 32), segmenter_spacing_mm=(8.0, 4.0, 4.0))
+    prepared = prepare_case(case, config)
+    volume = load_ct(case.image)
+    expected = network_inputs(volume.hu, volume.affine, compute_lung_mask(volume.hu, volume.spacing_mm), config)
+    np.testing.assert_allclose(prepared.cls_image, expected.classifier_image, atol=1e-3)
+    np.testing.assert_allclose(prepared.seg_image, expected.segmenter_image, atol=1e-3)
+    infected = np.count_nonzero(np.asarray(nib.load(case.infection_mask).dataobj))
+    assert prepared.infection_fraction == pytest.approx(infected / wide.sum())

@@ -35,12 +35,9 @@ from napari_covid_attention.preprocess.lung import LEFT_LUNG, RIGHT_LUNG
 from napari_covid_attention.preprocess.lung import lung_mask as compute_lung_mask
 from napari_covid_attention.preprocess.pipeline import (
     Grid,
-    fixed_shape_grid,
-    fixed_spacing_grid,
     grid_to_box,
     grid_to_scan,
-    lung_box,
-    normalize_hu,
+    network_inputs,
     resample_to_grid,
     subgrid_of,
 )
@@ -164,7 +161,6 @@ def diagnose_steps(
     target = resolve_device(device)
     notes: list[str] = []
     timings: dict[str, float] = {}
-    cfg = bundle.preprocessing
 
     t0 = time.perf_counter()
     lungs = compute_lung_mask(volume.hu, volume.spacing_mm)
@@ -172,11 +168,9 @@ def diagnose_steps(
     yield 0, STAGES[0]
 
     t0 = time.perf_counter()
-    box = lung_box(lungs, volume.affine, cfg.margin_mm)
-    cls_grid = fixed_shape_grid(box, cfg.classifier_shape, volume.affine)
-    seg_grid = fixed_spacing_grid(box, cfg.segmenter_spacing_mm, volume.affine)
-    cls_input = normalize_hu(resample_to_grid(volume.hu, cls_grid), cfg.hu_window)
-    seg_input = normalize_hu(resample_to_grid(volume.hu, seg_grid), cfg.hu_window)
+    inputs = network_inputs(volume.hu, volume.affine, lungs, bundle.preprocessing)
+    cls_grid, seg_grid = inputs.classifier_grid, inputs.segmenter_grid
+    cls_input, seg_input = inputs.classifier_image, inputs.segmenter_image
     timings["preprocess"] = time.perf_counter() - t0
     yield 1, STAGES[1]
 
@@ -251,7 +245,7 @@ def _explain_members(bundle: Bundle, cls_input: np.ndarray, device: torch.device
     for member in bundle.members:
         member.model.to(device)
         with autocast(device):
-            results.append(explainer_for(member.model).explain(image))
+            results.append(explainer_for(member.model).explain(image, member.calibration))
     return results
 
 

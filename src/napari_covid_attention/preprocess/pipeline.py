@@ -155,6 +155,34 @@ def normalize_hu(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.asarray(scaler(np.asarray(hu, dtype=np.float32)), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class NetworkInputs:
+    """A scan cropped to its lungs and put on the classifier's and segmenter's grids."""
+
+    classifier_grid: Grid
+    segmenter_grid: Grid
+    classifier_image: np.ndarray  # float32 in [0, 1]
+    segmenter_image: np.ndarray  # float32 in [0, 1]
+
+
+def network_inputs(hu: np.ndarray, affine: np.ndarray, lung_mask: np.ndarray, config: PreprocessConfig) -> NetworkInputs:
+    """Crop to the lung mask's box, resample and normalize, for both networks.
+
+    Diagnosis and training both come through here with the lung mask computed from HU,
+    so a model is trained on exactly the crops it will be shown (a reference lung mask
+    from a dataset gives a different box, and the classifier pays for it in AUC).
+    """
+    box = lung_box(lung_mask, affine, config.margin_mm)
+    cls_grid = fixed_shape_grid(box, config.classifier_shape, affine)
+    seg_grid = fixed_spacing_grid(box, config.segmenter_spacing_mm, affine)
+    return NetworkInputs(
+        classifier_grid=cls_grid,
+        segmenter_grid=seg_grid,
+        classifier_image=normalize_hu(resample_to_grid(hu, cls_grid), config.hu_window),
+        segmenter_image=normalize_hu(resample_to_grid(hu, seg_grid), config.hu_window),
+    )
+
+
 def subgrid_of(grid_affine: np.ndarray, grid_shape, map_shape) -> np.ndarray:
     """Affine of a coarse map (e.g. attention at 1/16) computed from a grid's input.
 

@@ -40,14 +40,11 @@ from napari_covid_attention.jobs import run_to_end
 from napari_covid_attention.preprocess.lung import lung_mask as compute_lung_mask
 from napari_covid_attention.preprocess.pipeline import (
     PreprocessConfig,
-    fixed_shape_grid,
-    fixed_spacing_grid,
-    lung_box,
-    normalize_hu,
+    network_inputs,
     resample_to_grid,
 )
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: crops from the computed lung mask, as in diagnosis
 
 
 class ManifestError(UserFacingError):
@@ -153,7 +150,7 @@ def prepare_case(case: Case, config: PreprocessConfig) -> PreparedCase:
     lungs = _mask_like(case.lung_mask, volume) if case.lung_mask else None
     infection = _mask_like(case.infection_mask, volume) if case.infection_mask else None
     flags = None if case.lesion_flags is None else np.asarray(case.lesion_flags, dtype=np.float32)
-    return prepare_volume(volume, config, label=case.label, infection=infection, lungs=lungs, lesion_flags=flags)
+    return prepare_volume(volume, config, label=case.label, infection=infection, reference_lungs=lungs, lesion_flags=flags)
 
 
 def prepare_volume(
@@ -162,24 +159,27 @@ def prepare_volume(
     *,
     label: int,
     infection: np.ndarray | None = None,
-    lungs: np.ndarray | None = None,
+    reference_lungs: np.ndarray | None = None,
     lesion_flags: np.ndarray | None = None,
 ) -> PreparedCase:
-    """A scan in memory on the network grids; the lung mask is computed when not given
-    (as diagnosis does, so fine-tuning crops exactly like inference)."""
-    if lungs is None:
-        lungs = compute_lung_mask(volume.hu, volume.spacing_mm)
-    box = lung_box(lungs, volume.affine, config.margin_mm)
-    cls_grid = fixed_shape_grid(box, config.classifier_shape, volume.affine)
-    seg_grid = fixed_spacing_grid(box, config.segmenter_spacing_mm, volume.affine)
+    """A scan in memory on the network grids.
+
+    The crop always comes from the lung mask computed from HU, as in diagnosis, so the
+    classifier trains on the field of view it will be shown. A dataset's reference lung
+    mask (``reference_lungs``), when there is one, only measures the infected fraction of
+    the lungs, which sorts the case into its size bin.
+    """
+    computed_lungs = compute_lung_mask(volume.hu, volume.spacing_mm)
+    inputs = network_inputs(volume.hu, volume.affine, computed_lungs, config)
+    lungs = computed_lungs if reference_lungs is None else reference_lungs
     has_mask = infection is not None
     inf = (infection > 0).astype(np.float32) if has_mask else np.zeros(volume.shape, np.float32)
     lung_voxels = int(np.count_nonzero(lungs))
     return PreparedCase(
-        cls_image=normalize_hu(resample_to_grid(volume.hu, cls_grid), config.hu_window).astype(np.float16),
-        cls_infection=resample_to_grid(inf, cls_grid, fill=0.0).astype(np.float16),
-        seg_image=normalize_hu(resample_to_grid(volume.hu, seg_grid), config.hu_window).astype(np.float16),
-        seg_infection=(resample_to_grid(inf, seg_grid, fill=0.0) >= 0.5).astype(np.uint8),
+        cls_image=inputs.classifier_image.astype(np.float16),
+        cls_infection=resample_to_grid(inf, inputs.classifier_grid, fill=0.0).astype(np.float16),
+        seg_image=inputs.segmenter_image.astype(np.float16),
+        seg_infection=(resample_to_grid(inf, inputs.segmenter_grid, fill=0.0) >= 0.5).astype(np.uint8),
         label=label,
         has_mask=has_mask,
         infection_fraction=float(np.count_nonzero(inf) / lung_voxels) if has_mask and lung_voxels else float("nan"),
