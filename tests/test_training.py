@@ -76,6 +76,7 @@ def test_train_writes_a_loadable_bundle_with_provenance(tiny_dataset, tmp_path):
     assert meta["training"]["command"].startswith("napari-covid-attention train")
     assert {"ensemble_auc", "uniform_auc", "size_balanced_auc", "segmenter_dice"} <= set(meta["metrics"]["validation"])
     assert meta["training"]["history"]["uniform"][0]["epoch"] == 1
+    assert all(m["calibration"]["scale"] > 0 and len(m["calibration"]["bias"]) == 2 for m in meta["members"])
 
 
 def test_training_refuses_an_existing_output(tiny_dataset, tmp_path, capsys):

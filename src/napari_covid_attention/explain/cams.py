@@ -19,6 +19,7 @@ import torch
 from monai.visualize import GradCAM, GradCAMpp
 from monai.visualize.class_activation_maps import ModelWithHooks
 
+from napari_covid_attention.models.calibration import IDENTITY, Calibration
 from napari_covid_attention.models.dsanet import DSANet
 
 TARGET_LAYER = "backbone.layer4"
@@ -87,8 +88,12 @@ class MemberExplainer:
 
         return hook
 
-    def explain(self, image: torch.Tensor) -> MemberExplanation:
-        """``image``: (1, 1, z, y, x) normalised classifier input on the model's device."""
+    def explain(self, image: torch.Tensor, calibration: Calibration = IDENTITY) -> MemberExplanation:
+        """``image``: (1, 1, z, y, x) normalised classifier input on the model's device.
+
+        Probabilities go through the member's calibration; the maps explain the class it
+        then predicts (the scale of the logits cancels in the normalised maps).
+        """
         if image.shape[0] != 1:
             raise ValueError("explain one scan at a time")
         try:
@@ -97,12 +102,13 @@ class MemberExplainer:
                 # are frozen); output gradients are exactly what Grad-CAM uses.
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 logits, _, _ = self._hooks(image)
-            explained = int(logits.argmax(dim=1).item())
+            probabilities = calibration.probabilities(logits.detach())[0]
+            explained = int(probabilities.argmax().item())
             gradcam = self._gradcam.compute_map(image, class_idx=explained)
             gradcam_pp = self._gradcam_pp.compute_map(image, class_idx=explained)
             lesion = self._captured.get("lesion")
             return MemberExplanation(
-                probabilities=torch.softmax(logits.detach().float(), dim=1)[0].cpu().numpy(),
+                probabilities=probabilities.cpu().numpy(),
                 explained_class=explained,
                 attention=_unit_max(self._captured["attention"]),
                 gradcam=_unit_max(gradcam),

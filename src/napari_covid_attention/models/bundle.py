@@ -22,6 +22,7 @@ from torch import nn
 
 from napari_covid_attention.atomic import fsync_dir
 from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.models.calibration import Calibration
 from napari_covid_attention.models.dsanet import DSANet, DSANetConfig
 from napari_covid_attention.models.segmenter import SegmenterConfig, build_segmenter
 from napari_covid_attention.preprocess.pipeline import PreprocessConfig
@@ -45,6 +46,7 @@ class Member:
     sampling: str  # "uniform" or "size_balanced"
     weight: float  # ensemble weight; members' weights sum to 1
     model: DSANet
+    calibration: Calibration = field(default_factory=Calibration)  # applied to logits before the average
 
 
 @dataclass
@@ -116,8 +118,20 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     for spec in member_specs:
         model = DSANet(classifier_config)
         _load_weights(model, folder, spec, preprocessing)
+        try:
+            calibration = Calibration.from_dict(spec.get("calibration"))
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{folder.name}/bundle.json: member {spec['name']} has an invalid calibration ({exc}).") from exc
+        if calibration.bias and len(calibration.bias) != len(class_names):
+            raise BundleError(f"{folder.name}/bundle.json: member {spec['name']} has a calibration bias for {len(calibration.bias)} classes, not {len(class_names)}.")
         members.append(
-            Member(name=spec["name"], sampling=spec.get("sampling", "uniform"), weight=float(spec["weight"]), model=model.to(device).eval())
+            Member(
+                name=spec["name"],
+                sampling=spec.get("sampling", "uniform"),
+                weight=float(spec["weight"]),
+                model=model.to(device).eval(),
+                calibration=calibration,
+            )
         )
     if not members:
         raise BundleError(f"{folder.name} has no classifier members.")
@@ -174,7 +188,16 @@ def save_bundle(
         for member in members:
             file = f"member-{member.name}.safetensors"
             digest = _save_weights(member.model, tmp / file, {"role": "classifier", "classifier_shape": shape})
-            member_specs.append({"name": member.name, "sampling": member.sampling, "weight": member.weight, "file": file, "sha256": digest})
+            member_specs.append(
+                {
+                    "name": member.name,
+                    "sampling": member.sampling,
+                    "weight": member.weight,
+                    "calibration": member.calibration.to_dict(),
+                    "file": file,
+                    "sha256": digest,
+                }
+            )
         seg_digest = _save_weights(segmenter, tmp / "segmenter.safetensors", {"role": "segmenter", "classifier_shape": shape})
         meta = {
             "format_version": BUNDLE_FORMAT_VERSION,

@@ -133,7 +133,7 @@ def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneR
         model = _fresh_copy(member.model, DSANet(current.classifier_config)).to(device)
         if labelled:
             yield from _tune_classifier(model, member.name, labelled, loss, config, device)
-        members.append(Member(member.name, member.sampling, member.weight, model.eval()))
+        members.append(Member(member.name, member.sampling, member.weight, model.eval(), member.calibration))
     candidate = copy.copy(current)
     candidate.members, candidate.segmenter = members, segmenter.eval()
 
@@ -155,7 +155,7 @@ def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneR
         label=current.label,
         class_names=current.class_names,
         preprocessing=current.preprocessing,
-        members=[Member(m.name, m.sampling, m.weight, m.model.cpu()) for m in members],
+        members=[Member(m.name, m.sampling, m.weight, m.model.cpu(), m.calibration) for m in members],
         segmenter=segmenter.cpu(),
         segmenter_config=current.segmenter_config,
         metrics={
@@ -230,7 +230,7 @@ def evaluate(bundle: Bundle, cases: Sequence[PreparedCase], device: torch.device
     labelled = [c for c in cases if c.label >= 0]
     nll = float("nan")
     if labelled:
-        prob = sum(m.weight * predict_probabilities(m.model.to(device), labelled, device) for m in bundle.members)
+        prob = sum(m.weight * predict_probabilities(m.model.to(device), labelled, device, m.calibration) for m in bundle.members)
         labels = np.array([c.label for c in labelled])
         p_true = np.clip(np.where(labels == 0, prob, 1.0 - prob), 1e-7, 1.0)
         nll = float(-np.mean(np.log(p_true)))

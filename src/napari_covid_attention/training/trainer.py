@@ -32,6 +32,7 @@ from napari_covid_attention import __version__
 from napari_covid_attention.classes import CLASS_NAMES
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.models.bundle import Member, load_bundle, save_bundle
+from napari_covid_attention.models.calibration import IDENTITY, Calibration, fit_binary_calibration
 from napari_covid_attention.models.device import autocast, resolve_device
 from napari_covid_attention.models.dsanet import DSANet, DSANetConfig, DSAOutput
 from napari_covid_attention.models.segmenter import (
@@ -156,7 +157,12 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
         model, val_probs, member_history = yield from _fit_classifier(
             name, sample_weights(groups, q), train_cases, val_cases, config, device, env, init.get(name)
         )
-        members.append(Member(name=name, sampling=name, weight=0.0, model=model.cpu()))
+        calibration = Calibration()
+        if env.is_main and len(config.class_names) == 2:
+            calibration = fit_binary_calibration(predict_logits(model, val_cases, device), np.array([c.label for c in val_cases]))
+            val_probs = predict_probabilities(model, val_cases, device, calibration)
+            yield TrainEvent(f"calibrate:{name}", 1, 1, {"scale": calibration.scale, "bias": calibration.bias[0] - calibration.bias[1] if calibration.bias else 0.0})
+        members.append(Member(name=name, sampling=name, weight=0.0, model=model.cpu(), calibration=calibration))
         member_val_probs[name] = val_probs
         history[name] = member_history
 
@@ -388,8 +394,8 @@ def _validate_classifier(
     return {"val_auc": auc, "val_nll": nll}, (round(auc, 4), -nll), probs
 
 
-def predict_probabilities(model: DSANet, cases: Sequence[PreparedCase], device: torch.device, batch_size: int = 8) -> np.ndarray:
-    """P(class 0) of each prepared case (the classifier alone, no explanation)."""
+def predict_logits(model: DSANet, cases: Sequence[PreparedCase], device: torch.device, batch_size: int = 8) -> np.ndarray:
+    """(n, classes) float32 logits of prepared cases (the classifier alone, no explanation)."""
     model.eval()
     out = []
     with torch.no_grad():
@@ -397,8 +403,16 @@ def predict_probabilities(model: DSANet, cases: Sequence[PreparedCase], device: 
             images = torch.stack([torch.from_numpy(c.cls_image.astype(np.float32))[None] for c in cases[start : start + batch_size]]).to(device)
             with autocast(device):
                 logits = model(images)
-            out.append(torch.softmax(logits.float(), dim=1)[:, 0].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+            out.append(logits.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_classes), np.float32)
+
+
+def predict_probabilities(
+    model: DSANet, cases: Sequence[PreparedCase], device: torch.device, calibration: Calibration = IDENTITY
+) -> np.ndarray:
+    """P(class 0) of each prepared case, through the member's calibration."""
+    logits = torch.from_numpy(predict_logits(model, cases, device))
+    return calibration.probabilities(logits)[:, 0].numpy()
 
 
 def _fit_segmenter(
