@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_covid_attention.classes import LESION_TYPES
+from napari_covid_attention.classes import LESION_TYPES, NO_PNEUMONIA_DETECTED
 from napari_covid_attention.explain.cams import MemberExplainer, MemberExplanation
 from napari_covid_attention.explain.localization import (
     LocalizationScores,
@@ -26,9 +26,11 @@ from napari_covid_attention.explain.localization import (
     mask_on_grid,
     upsample_map,
 )
+from napari_covid_attention.io.geometry import spacing_mm
 from napari_covid_attention.io.volume import CTVolume
 from napari_covid_attention.jobs import run_to_end
 from napari_covid_attention.models.bundle import Bundle
+from napari_covid_attention.models.pneumonia import PneumoniaRule
 from napari_covid_attention.models.device import autocast, is_out_of_memory, resolve_device
 from napari_covid_attention.models.segmenter import infection_probability
 from napari_covid_attention.preprocess.lung import LEFT_LUNG, RIGHT_LUNG
@@ -83,10 +85,22 @@ class Diagnosis:
     bundle_label: str
     device: str
     warnings: list[str] = field(default_factory=list)
+    pneumonia_rule: PneumoniaRule = field(default_factory=PneumoniaRule)
 
     @property
     def predicted_class(self) -> str:
+        """The more likely of the classifier's classes (COVID-19 or CAP), pneumonia or not."""
         return max(self.probabilities, key=self.probabilities.get)
+
+    @property
+    def pneumonia_detected(self) -> bool:
+        """Whether the infection burden reaches the bundle's pneumonia threshold."""
+        return self.pneumonia_rule.detects(self.infection_percent)
+
+    @property
+    def finding(self) -> str:
+        """The headline: "No pneumonia detected", or the more likely cause of the pneumonia."""
+        return self.predicted_class if self.pneumonia_detected else NO_PNEUMONIA_DETECTED
 
     @property
     def infection_percent(self) -> float:
@@ -114,6 +128,9 @@ class Diagnosis:
         return {
             "bundle": f"{self.bundle_name} {self.bundle_version}",
             "bundle_label": self.bundle_label,
+            "finding": self.finding,
+            "pneumonia_detected": self.pneumonia_detected,
+            "pneumonia_threshold_percent": round(self.pneumonia_rule.min_infection_percent, 3),
             "predicted_class": self.predicted_class,
             "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
             "members": [
@@ -195,22 +212,22 @@ def diagnose_steps(
     return _assemble(volume, bundle, lungs, infection, cls_grid, explanations, timings, target, notes)
 
 
-def _infection_on_scan(seg_prob: np.ndarray, seg_grid: Grid, lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Infection mask on the scan, and the lung mask with the infection added to it.
+# Infection may reach this far beyond the lung mask: subpleural consolidation whose edge
+# the HU-based mask draws a little short, never the heart, chest wall or bowel further out.
+PLEURA_MARGIN_MM = 5.0
 
-    The HU-based lung mask cannot tell a consolidated lobe against the chest wall from
-    the chest wall itself, so infection is not cut at it: every predicted lesion that
-    touches the lungs is kept whole (components that don't are false positives in the
-    liver or heart), and the infected tissue then counts as lung, labelled by side.
-    Work is confined to the crop box: outside it nothing can be infected.
+
+def _infection_on_scan(seg_prob: np.ndarray, seg_grid: Grid, lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Infection mask on the scan, confined to the lungs, and the lung mask with it added.
+
+    The segmenter sees the whole lung box (heart, chest wall, upper abdomen), so what it
+    predicts is cut at the lung mask grown by :data:`PLEURA_MARGIN_MM`; the infected
+    tissue in that margin then counts as lung, labelled by side, so the infection % of
+    the lungs never exceeds 100. Work is confined to the crop box.
     """
-    # Labels (1, 2) are resampled as they are: only the crop box is converted to float, and
-    # "mostly lung" is all the touching test below needs.
-    lungs_on_grid = resample_to_grid(lungs, seg_grid, fill=0.0) >= 0.5
-    candidates = seg_prob >= 0.5
-    pieces, _count = ndimage.label(candidates)
-    touching = np.unique(pieces[candidates & ndimage.binary_dilation(lungs_on_grid, iterations=2)])
-    kept = np.where(np.isin(pieces, touching[touching > 0]), seg_prob, 0.0)
+    lungs_on_grid = resample_to_grid(lungs > 0, seg_grid, fill=0.0) >= 0.5
+    near_lungs = ndimage.distance_transform_edt(~lungs_on_grid, sampling=spacing_mm(seg_grid.affine)) <= PLEURA_MARGIN_MM
+    kept = np.where(near_lungs, seg_prob, 0.0)
     up, region = grid_to_box(kept, seg_grid, lungs.shape)
     infected = up >= 0.5
     infection = np.zeros(lungs.shape, dtype=np.uint8)
@@ -317,4 +334,5 @@ def _assemble(
         bundle_label=bundle.label,
         device=str(device),
         warnings=[*volume.warnings, *notes],
+        pneumonia_rule=bundle.pneumonia,
     )

@@ -24,6 +24,7 @@ from napari_covid_attention.atomic import fsync_dir
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.models.calibration import Calibration
 from napari_covid_attention.models.dsanet import DSANet, DSANetConfig
+from napari_covid_attention.models.pneumonia import PneumoniaRule
 from napari_covid_attention.models.segmenter import SegmenterConfig, build_segmenter
 from napari_covid_attention.preprocess.pipeline import PreprocessConfig
 
@@ -64,10 +65,18 @@ class Bundle:
     metrics: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     parent: dict | None = None  # {"name", "version"} of the bundle this one was fine-tuned from
+    pneumonia: PneumoniaRule = field(default_factory=PneumoniaRule)
+    # What it was trained on: [{"name", "kind": "synthetic" | "real", "cases", "licence", "citation"}]
+    training_data: list[dict] = field(default_factory=list)
 
     @property
     def title(self) -> str:
         return f"{self.name} {self.version}"
+
+    @property
+    def trained_on_real_scans(self) -> bool:
+        """Whether any real (not synthetic) scans were in its training data."""
+        return any(entry.get("kind") == "real" for entry in self.training_data)
 
 
 def sha256_of(path: Path) -> str:
@@ -109,6 +118,8 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         class_names = tuple(meta["class_names"])
         member_specs = meta["members"]
         segmenter_spec = meta["segmenter"]
+        pneumonia = PneumoniaRule.from_dict(meta.get("pneumonia"))
+        training_data = [dict(entry) for entry in meta.get("training_data", [])]
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{folder.name}/bundle.json is incomplete or invalid ({exc}).") from exc
     if len(class_names) != classifier_config.num_classes:
@@ -154,6 +165,8 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         metrics=dict(meta.get("metrics", {})),
         training=dict(meta.get("training", {})),
         parent=meta.get("parent"),
+        pneumonia=pneumonia,
+        training_data=training_data,
     )
 
 
@@ -171,6 +184,8 @@ def save_bundle(
     metrics: dict | None = None,
     training: dict | None = None,
     parent: dict | None = None,
+    pneumonia: PneumoniaRule | None = None,
+    training_data: list[dict] | None = None,
 ) -> Path:
     """Write a bundle atomically: a temporary sibling folder renamed into place at the end.
 
@@ -215,6 +230,8 @@ def save_bundle(
             "metrics": metrics or {},
             "training": training or {},
             "parent": parent,
+            "pneumonia": (pneumonia or PneumoniaRule()).to_dict(),
+            "training_data": list(training_data or []),
         }
         (tmp / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
         fsync_dir(tmp)

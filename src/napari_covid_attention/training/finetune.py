@@ -176,6 +176,8 @@ def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneR
             "seconds": round(time.time() - started, 1),
         },
         parent={"name": current.name, "version": current.version},
+        pneumonia=current.pneumonia,
+        training_data=[*current.training_data, {"name": "annotator corrections", "kind": "real", "cases": len(train)}],
     )
     if promoted:
         set_current(current.name, version, f"fine-tuned from {current.version}: {reason}", config.registry_root)
