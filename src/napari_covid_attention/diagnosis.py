@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from napari_covid_attention.classes import LESION_TYPES, NO_PNEUMONIA_DETECTED
 from napari_covid_attention.explain.cams import MemberExplainer, MemberExplanation
@@ -39,10 +38,12 @@ from napari_covid_attention.preprocess.pipeline import (
     Grid,
     grid_to_box,
     grid_to_scan,
+    near_lungs,
     network_inputs,
     resample_to_grid,
     subgrid_of,
 )
+from napari_covid_attention.preprocess.scan_checks import scan_warnings
 
 STAGES = ("lung mask", "preprocess", "classify + explain", "segment infection", "map back")
 MAP_NAMES = ("attention", "gradcam", "gradcam_pp")
@@ -212,22 +213,16 @@ def diagnose_steps(
     return _assemble(volume, bundle, lungs, infection, cls_grid, explanations, timings, target, notes)
 
 
-# Infection may reach this far beyond the lung mask: subpleural consolidation whose edge
-# the HU-based mask draws a little short, never the heart, chest wall or bowel further out.
-PLEURA_MARGIN_MM = 5.0
-
-
 def _infection_on_scan(seg_prob: np.ndarray, seg_grid: Grid, lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Infection mask on the scan, confined to the lungs, and the lung mask with it added.
 
     The segmenter sees the whole lung box (heart, chest wall, upper abdomen), so what it
-    predicts is cut at the lung mask grown by :data:`PLEURA_MARGIN_MM`; the infected
+    predicts is cut at the lung mask grown by a few mm (:func:`near_lungs`); the infected
     tissue in that margin then counts as lung, labelled by side, so the infection % of
     the lungs never exceeds 100. Work is confined to the crop box.
     """
     lungs_on_grid = resample_to_grid(lungs > 0, seg_grid, fill=0.0) >= 0.5
-    near_lungs = ndimage.distance_transform_edt(~lungs_on_grid, sampling=spacing_mm(seg_grid.affine)) <= PLEURA_MARGIN_MM
-    kept = np.where(near_lungs, seg_prob, 0.0)
+    kept = np.where(near_lungs(lungs_on_grid, spacing_mm(seg_grid.affine)), seg_prob, 0.0)
     up, region = grid_to_box(kept, seg_grid, lungs.shape)
     infected = up >= 0.5
     infection = np.zeros(lungs.shape, dtype=np.uint8)
@@ -333,6 +328,6 @@ def _assemble(
         bundle_version=bundle.version,
         bundle_label=bundle.label,
         device=str(device),
-        warnings=[*volume.warnings, *notes],
+        warnings=[*volume.warnings, *scan_warnings(volume, lungs, bundle_trained_on_real_scans=bundle.trained_on_real_scans), *notes],
         pneumonia_rule=bundle.pneumonia,
     )

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 import torch.nn.functional as F
 from monai.transforms import ScaleIntensityRange
 
@@ -181,6 +182,20 @@ def network_inputs(hu: np.ndarray, affine: np.ndarray, lung_mask: np.ndarray, co
         classifier_image=normalize_hu(resample_to_grid(hu, cls_grid), config.hu_window),
         segmenter_image=normalize_hu(resample_to_grid(hu, seg_grid), config.hu_window),
     )
+
+
+# Infection may reach this far beyond the lung mask: subpleural consolidation whose edge
+# the HU-based mask draws a little short, never the heart, chest wall or bowel further out.
+PLEURA_MARGIN_MM = 5.0
+
+
+def near_lungs(lungs_on_grid: np.ndarray, grid_spacing_mm: tuple[float, float, float], margin_mm: float = PLEURA_MARGIN_MM) -> np.ndarray:
+    """Where infection may be predicted: the lungs grown by ``margin_mm`` (bool, same grid).
+
+    Diagnosis cuts the segmenter's output here; training measures its infection burden
+    the same way when it chooses the pneumonia threshold.
+    """
+    return ndimage.distance_transform_edt(~np.asarray(lungs_on_grid, bool), sampling=grid_spacing_mm) <= margin_mm
 
 
 def subgrid_of(grid_affine: np.ndarray, grid_shape, map_shape) -> np.ndarray:
