@@ -179,6 +179,23 @@ def test_reviewed_flag_label_and_the_cases_fine_tuning_gets(store, phantom) -> N
     assert log == [("bob", 1, phantom.label), ("ann", 0, None)]
 
 
+def test_a_case_reviewed_as_no_pneumonia_round_trips(tmp_path, phantom) -> None:
+    """The label an annotator confirms when there is no pneumonia, with the mask erased."""
+    from napari_covid_attention.classes import CONFIRMABLE_FINDINGS, NO_PNEUMONIA
+
+    with AnnotationStore(tmp_path / "store") as store:
+        case = store.open_case(phantom.volume)
+        store.set_original(case.id, phantom.infection_mask, model="demo")
+        store.save_version(case.id, np.zeros(SHAPE, np.uint8), annotator="ann")
+        for label in CONFIRMABLE_FINDINGS:  # every finding the review widget offers
+            assert store.mark_reviewed(case.id, annotator="ann", label=label).label == label
+    with AnnotationStore(tmp_path / "store") as reopened:
+        (for_training,) = reopened.reviewed_cases()
+        assert (for_training.id, for_training.label, for_training.reviewed) == (case.id, NO_PNEUMONIA, True)
+        assert not reopened.latest(case.id).any() and for_training.dice == 0.0
+        assert reopened.get_case(case.id).label == NO_PNEUMONIA
+
+
 def test_refusals_are_one_sentence_user_errors(store, phantom) -> None:
     case = store.open_case(phantom.volume)
     attempts = [

@@ -71,9 +71,20 @@ def _run(label: str, headless: bool, out_dir: Path, bundle: str | None) -> Path 
 
     from napari_covid_attention._sample_data import sample_phantom
 
-    truth = sample_phantom(label)
-    summary = {
-        "scan": ct_layer.name,
+    summary = demo_summary(ct_layer.name, diagnosis, sample_phantom(label), shots)
+    summary_path = out_dir / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    viewer.close()
+    return summary_path
+
+
+def demo_summary(scan_name: str, diagnosis, truth, screenshots: list[Path]) -> dict:
+    """The headless demo's summary.json: the finding first, then the scan, the full
+    diagnosis summary, the phantom's truth and the maps' localization against it."""
+    return {
+        "finding": diagnosis.finding,
+        "pneumonia_detected": diagnosis.pneumonia_detected,
+        "scan": scan_name,
         "shape_zyx": list(truth.volume.shape),
         "spacing_mm_zyx": [round(s, 4) for s in truth.volume.spacing_mm],
         "diagnosis": diagnosis.summary(),
@@ -85,12 +96,21 @@ def _run(label: str, headless: bool, out_dir: Path, bundle: str | None) -> Path 
         "localization_vs_truth": {
             name: None if s is None else s.to_dict() for name, s in diagnosis.localization(truth.infection_mask).items()
         },
-        "screenshots": [s.name for s in shots],
+        "screenshots": [s.name for s in screenshots],
     }
-    summary_path = out_dir / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    viewer.close()
-    return summary_path
+
+
+def finding_line(diagnosis_summary: dict) -> str:
+    """One line, the finding first: "No pneumonia detected (...)" or "Pneumonia detected,
+    most likely COVID-19 (...)"; from :meth:`Diagnosis.summary` (also as read back from JSON)."""
+    from napari_covid_attention.widgets.card import percent_of_lungs
+
+    classes = " vs ".join(f"{name} {100.0 * p:.1f} %" for name, p in diagnosis_summary["probabilities"].items())
+    burden = f"infection {percent_of_lungs(diagnosis_summary['infection_percent'])} of the lungs"
+    threshold = f"{diagnosis_summary['pneumonia_threshold_percent']:.3g} %"
+    if not diagnosis_summary["pneumonia_detected"]:
+        return f"{diagnosis_summary['finding']} ({burden}, below the {threshold} threshold; if this were pneumonia: {classes})"
+    return f"Pneumonia detected, most likely {diagnosis_summary['finding']} ({classes}; {burden}, threshold {threshold})"
 
 
 def _settle() -> None:

@@ -17,6 +17,8 @@ from napari_covid_attention.io.volume import CTVolume
 from napari_covid_attention.models.bundle import load_bundle
 from napari_covid_attention.models.registry import resolve_bundle
 
+WARNING_SEPARATOR = " | "  # between a scan's warnings in results.csv (each is one sentence)
+
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Scans named directly, or listed in the ``image`` column of CSV files."""
@@ -46,8 +48,10 @@ def diagnose_many(
 ) -> Path:
     """Diagnose every scan; a scan that cannot be read is reported in the CSV, not fatal.
 
-    Writes ``results.csv`` and, per scan, a folder with ``summary.json`` and the lung and
-    infection masks and the three maps as NIfTI on the scan's own voxel grid.
+    Writes ``results.csv`` (one row per scan: the finding first, "No pneumonia detected" or
+    the more likely class; then the classifier's ``predicted`` class and probabilities) and,
+    per scan, a folder with ``summary.json`` and the lung and infection masks and the three
+    maps as NIfTI on the scan's own voxel grid.
     """
     scans = expand_inputs(inputs)
     out = Path(out_dir).resolve()
@@ -88,7 +92,10 @@ def _diagnose_one(index: int, scan: Path, out: Path, model, device: str, write_m
 
 def _result_columns(result: Diagnosis) -> dict:
     columns = {
-        "predicted": result.predicted_class,
+        "finding": result.finding,
+        "pneumonia_detected": result.pneumonia_detected,
+        "pneumonia_threshold_percent": round(result.pneumonia_rule.min_infection_percent, 3),
+        "predicted": result.predicted_class,  # the more likely class, pneumonia or not
         "bundle": f"{result.bundle_name} {result.bundle_version}",
         "infection_ml": round(result.infection_volume_ml, 1),
         "lung_ml": round(result.lung_volume_ml, 1),
@@ -101,8 +108,7 @@ def _result_columns(result: Diagnosis) -> dict:
             columns[f"p_{name}_{member.name}"] = round(p, 4)
     for name, p in (result.lesion_probabilities or {}).items():
         columns[f"p_lesion_{name}"] = round(p, 3)
-    if result.warnings:
-        columns["warnings"] = " ".join(result.warnings)
+    columns["warnings"] = WARNING_SEPARATOR.join(result.warnings)
     return columns
 
 
@@ -132,5 +138,5 @@ def _safe_name(path: Path) -> str:
 
 
 def _column_order(name: str) -> tuple:
-    first = ["input", "status", "predicted"]
+    first = ["input", "status", "finding", "pneumonia_detected", "predicted"]
     return (first.index(name) if name in first else len(first), name)

@@ -3,7 +3,8 @@
 Reviewed cases of the annotation store (their final masks, and their confirmed class)
 are split into a training part and a held-out validation part. The infection segmenter
 learns the corrected masks (Dice + CE) and each classifier member learns them through
-the attention loss (plus the classification loss on the confirmed classes). The new
+the attention loss (plus the classification loss on the confirmed classes). Cases
+confirmed as "no pneumonia" train and test the segmenter only. The new
 version is saved to the registry in every case, with its metrics and parent, but becomes
 *current* only when, on the held-out cases, its infection Dice is not lower and its
 classification loss not higher than the current version's. The two parts are judged apart:
@@ -268,6 +269,9 @@ def _prepare_reviewed(config: FinetuneConfig, bundle: Bundle) -> Generator[Finet
             if scan is None:
                 skipped.append(f"case {case.id} ({case.source_name or 'unnamed'}): its scan was not kept; open it again to fine-tune on it")
                 continue
+            # The classifier knows only its classes (COVID-19, CAP): a case confirmed as
+            # "no pneumonia" (or with no confirmed class) teaches the segmenter its final mask,
+            # empty or corrected, and stays out of the classification loss and held-out score.
             label = bundle.class_names.index(case.label) if case.label in bundle.class_names else -1
             prepared = prepare_volume(scan, bundle.preprocessing, label=label, infection=store.latest(case.id))
             reviewed.append(_Reviewed(hashlib.sha256(case.identity.encode()).hexdigest()[:12], prepared, label >= 0))

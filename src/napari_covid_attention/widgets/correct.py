@@ -40,7 +40,7 @@ from napari_covid_attention.annotations.editing import (
     interpolate_slices,
     outside_hu_range,
 )
-from napari_covid_attention.classes import CLASS_NAMES
+from napari_covid_attention.classes import CONFIRMABLE_FINDINGS, NO_PNEUMONIA, NO_PNEUMONIA_DETECTED
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.settings import load_settings, save_setting
 from napari_covid_attention.widgets import layers as ops
@@ -117,10 +117,10 @@ class CorrectionWidget(QWidget):
         layout.addLayout(row)
         review = QHBoxLayout()
         self.label_combo = QComboBox()
-        self.label_combo.addItems(list(CLASS_NAMES))
+        self.label_combo.addItems(list(CONFIRMABLE_FINDINGS))
         self.review_button = QPushButton("Mark reviewed")
         self.review_button.clicked.connect(self.mark_reviewed)
-        review.addWidget(QLabel("Diagnosis"))
+        review.addWidget(QLabel("Confirmed"))
         review.addWidget(self.label_combo)
         review.addWidget(self.review_button)
         layout.addLayout(review)
@@ -181,8 +181,8 @@ class CorrectionWidget(QWidget):
         layer.events.paint.connect(self._on_paint)
         layer.events.data.connect(self._on_changed)
         layer.mouse_drag_callbacks.append(self._on_click)
-        guess = (plugin_meta(layer.metadata) or {}).get("predicted")
-        if guess in CLASS_NAMES:
+        guess = _confirmable_guess(plugin_meta(layer.metadata) or {})
+        if guess is not None:
             self.label_combo.setCurrentText(guess)
         self._say("Opening this scan's case in the annotation store…")
         self._run(lambda: self._open_case(volume, predicted, title), lambda case: self._bound(layer, case))
@@ -399,6 +399,15 @@ def _index_atom(atom) -> tuple[tuple[np.ndarray, ...], np.ndarray, object]:
         local = np.nonzero(atom.mask)
         old = np.asarray(atom.old_values)
     return tuple(axis + o for axis, o in zip(local, offset, strict=True)), old, atom.new_value
+
+
+def _confirmable_guess(meta: dict) -> str | None:
+    """The finding to preselect for review: "no pneumonia" when the diagnosis found none,
+    else the class it found most likely (masks of older sessions carry only "predicted")."""
+    if meta.get("finding") == NO_PNEUMONIA_DETECTED:
+        return NO_PNEUMONIA
+    guess = meta.get("finding") or meta.get("predicted")
+    return guess if guess in CONFIRMABLE_FINDINGS else None
 
 
 def _time(iso: str) -> str:

@@ -110,7 +110,8 @@ def add_diagnosis_layers(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagno
     infection = labels_layer_data(
         diagnosis.infection_mask, diagnosis.scan_affine, f"{ct_layer.name} · infection mask", "infection_mask",
         source_ornt=source_ornt,
-        extra_meta={"scan": key, "model": f"{diagnosis.bundle_name} {diagnosis.bundle_version}", "predicted": diagnosis.predicted_class},
+        extra_meta={"scan": key, "model": f"{diagnosis.bundle_name} {diagnosis.bundle_version}", "predicted": diagnosis.predicted_class,
+                    "finding": diagnosis.finding},
         colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: INFECTION_COLOR}),
         opacity=0.55,
     )
