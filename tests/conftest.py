@@ -12,6 +12,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("COVID_ATTENTION_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 CHEST_SERIES = SHARED_DATA / "chest-ct-dicom-lung-pet-ct-dx"
 ODD_CORPUS = SHARED_DATA / "dicom-odd-corpus"
+REAL_CT = SHARED_DATA / "real-chest-ct"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,6 +41,14 @@ def chest_series_dir() -> Path:
     if not CHEST_SERIES.is_dir():
         pytest.skip(f"real chest CT series not found at {CHEST_SERIES}")
     return CHEST_SERIES
+
+
+@pytest.fixture(scope="session")
+def real_ct_dir() -> Path:
+    """The four real full-coverage chest CT volumes (no pneumonia); skips when absent."""
+    if not REAL_CT.is_dir():
+        pytest.skip(f"real chest CT volumes not found at {REAL_CT}")
+    return REAL_CT
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,23 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_insert_lesions(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from napari_covid_attention.data.lesion_insertion import load_host, write_inserted_dataset
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise UserFacingError(f"{args.out} is not empty; choose a new folder.")
+    hosts = [(Path(h).name.split(".")[0], partial(load_host, h, args.annotations)) for h in args.hosts]
+    progress, close = _tqdm_progress("inserted-lesion scans")
+    try:
+        manifest = write_inserted_dataset(hosts, args.out, args.n_per_host, seed=args.seed, healthy_share=args.healthy_share, progress=progress)
+    finally:
+        close()
+    print(f"wrote {args.n_per_host * len(hosts)} scans from {len(hosts)} real hosts; manifest: {manifest}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from napari_covid_attention.models.bundle import DEMO_LABEL
     from napari_covid_attention.models.dsanet import DSANetConfig
@@ -88,12 +105,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
         intensity_augment=args.intensity_augment,
         init_bundle=args.init,
         command="napari-covid-attention " + " ".join(args.argv),
+        training_data=_data_sources(args.data_sources),
+        fold_by=args.fold_by,
     )
     run = cross_validate(config, args.folds) if args.folds else train_bundle(config)
     result = _drive(run)
     if result is not None:
         print(f"saved: {result}")
     return 0
+
+
+def _data_sources(path: Path | None) -> tuple[dict, ...]:
+    """The --data-sources JSON: a list of {name, kind, licence, citation} objects."""
+    if path is None:
+        return ()
+    import json
+
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserFacingError(f"Cannot read the data sources file {path}: {exc}") from exc
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and e.get("kind") in ("synthetic", "real") for e in entries):
+        raise UserFacingError(f"{path.name} must be a JSON list of objects, each with kind 'synthetic' or 'real'.")
+    return tuple(entries)
 
 
 def _drive(run):
@@ -200,10 +234,13 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from napari_covid_attention._demo import run_demo
+    import json
+
+    from napari_covid_attention._demo import finding_line, run_demo
 
     summary = run_demo(label=args.label, headless=args.headless, out_dir=args.out, bundle=args.bundle)
     if summary is not None:
+        print(finding_line(json.loads(summary.read_text())["diagnosis"]))
         print(f"summary: {summary}")
     return 0
 
@@ -240,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, default=0.2)
     train.add_argument("--out", type=Path, required=True, help="new bundle folder (must not exist)")
     train.add_argument("--folds", type=int, default=None, help="k-fold cross-validation: k bundles + cv.json in --out")
+    train.add_argument("--fold-by", default=None, metavar="COLUMN", help="keep each value of this manifest column (e.g. patient) in one fold; folds = values gives leave-one-out")
+    train.add_argument("--data-sources", type=Path, default=None, help="JSON list of the data's sources ({name, kind: synthetic|real, licence, citation}) for the bundle's provenance")
     train.add_argument("--name", default="dsa-net")
     train.add_argument("--version", default="1.0.0")
     train.add_argument("--label", default="research model, not for clinical use", help="note shown with every result")
@@ -312,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     synth.set_defaults(func=_cmd_synth)
+
+    ins = sub.add_parser("insert-lesions", help="insert synthetic COVID-19/CAP lesions into real chest CT without pneumonia (NIfTI + manifest.csv)")
+    ins.add_argument("hosts", nargs="+", type=Path, help="real chest CT without pneumonia: NIfTI files or DICOM folders")
+    ins.add_argument("--out", type=Path, required=True, help="new output folder")
+    ins.add_argument("--n-per-host", type=int, default=20, help="cases per host")
+    ins.add_argument("--healthy-share", type=float, default=0.2, help="share of each host's cases left without lesions ('no pneumonia')")
+    ins.add_argument("--annotations", type=Path, default=None, help="folder with lidc-xml/<name>.xml or <name>-boxes/: nodules/tumour lesions must avoid")
+    ins.add_argument("--seed", type=int, default=0, help="dataset seed")
+    ins.set_defaults(func=_cmd_insert_lesions)
     return parser
 
 

@@ -32,7 +32,7 @@ from monai.transforms import (
 from torch.utils.data import Dataset
 
 from napari_covid_attention.atomic import atomic_path
-from napari_covid_attention.classes import CLASS_NAMES, LESION_TYPES
+from napari_covid_attention.classes import CLASS_NAMES, LESION_TYPES, NO_PNEUMONIA
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io.load import load_ct
 from napari_covid_attention.io.volume import CTVolume
@@ -44,7 +44,8 @@ from napari_covid_attention.preprocess.pipeline import (
     resample_to_grid,
 )
 
-_CACHE_FORMAT = 2  # 2: crops from the computed lung mask, as in diagnosis
+_CACHE_FORMAT = 3  # 2: crops from the computed lung mask, as in diagnosis; 3: lungs on the segmenter grid
+NO_PNEUMONIA_LABEL = -1  # label index of "no pneumonia" cases: segmenter negatives, never classified
 
 
 class ManifestError(UserFacingError):
@@ -71,10 +72,20 @@ class PreparedCase:
     cls_infection: np.ndarray  # infected fraction per classifier-grid voxel
     seg_image: np.ndarray
     seg_infection: np.ndarray  # uint8 on the segmenter grid
-    label: int
+    label: int  # index into the class names, or NO_PNEUMONIA_LABEL
     has_mask: bool
     infection_fraction: float  # infection / lung volume; NaN without a mask
     lesion_flags: np.ndarray | None
+    seg_lungs: np.ndarray | None = None  # uint8 computed lung mask on the segmenter grid
+
+    @property
+    def has_pneumonia(self) -> bool:
+        return self.label != NO_PNEUMONIA_LABEL
+
+
+def classified(cases: Sequence[PreparedCase]) -> list[PreparedCase]:
+    """The cases the classifier learns from: those with pneumonia (COVID-19 or CAP)."""
+    return [c for c in cases if c.has_pneumonia]
 
 
 def read_manifest(path: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES) -> list[Case]:
@@ -94,15 +105,15 @@ def read_manifest(path: str | os.PathLike, class_names: Sequence[str] = CLASS_NA
     cases = []
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         label = row["label"].strip()
-        if label not in class_names:
-            raise ManifestError(f"{path.name} row {number}: unknown label {label!r} (expected one of {', '.join(class_names)}).")
+        if label not in (*class_names, NO_PNEUMONIA):
+            raise ManifestError(f"{path.name} row {number}: unknown label {label!r} (expected one of {', '.join((*class_names, NO_PNEUMONIA))}).")
         flags = None
         if all(t in columns for t in LESION_TYPES) and all(row[t].strip() != "" for t in LESION_TYPES):
             flags = tuple(float(row[t]) for t in LESION_TYPES)
         cases.append(
             Case(
                 image=_existing(base, row["image"], path.name, number),
-                label=class_names.index(label),
+                label=NO_PNEUMONIA_LABEL if label == NO_PNEUMONIA else class_names.index(label),
                 infection_mask=_optional(base, row.get("infection_mask"), path.name, number),
                 lung_mask=_optional(base, row.get("lung_mask"), path.name, number),
                 lesion_flags=flags,
@@ -184,6 +195,7 @@ def prepare_volume(
         has_mask=has_mask,
         infection_fraction=float(np.count_nonzero(inf) / lung_voxels) if has_mask and lung_voxels else float("nan"),
         lesion_flags=lesion_flags,
+        seg_lungs=(resample_to_grid(computed_lungs > 0, inputs.segmenter_grid, fill=0.0) >= 0.5).astype(np.uint8),
     )
 
 
@@ -355,6 +367,8 @@ def _write_cache(path: Path, case: PreparedCase) -> None:
     }
     if case.lesion_flags is not None:
         arrays["lesion_flags"] = case.lesion_flags
+    if case.seg_lungs is not None:
+        arrays["seg_lungs"] = case.seg_lungs
     with atomic_path(path, suffix=".npz") as temp:
         np.savez(temp, **arrays)
 
@@ -374,6 +388,7 @@ def _read_cache(path: Path) -> PreparedCase | None:
                 has_mask=bool(has_mask),
                 infection_fraction=float(fraction),
                 lesion_flags=data["lesion_flags"] if "lesion_flags" in data else None,
+                seg_lungs=data["seg_lungs"] if "seg_lungs" in data else None,
             )
     except (OSError, KeyError, ValueError):
         return None  # a damaged cache entry is simply rebuilt

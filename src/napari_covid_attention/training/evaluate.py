@@ -16,12 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_covid_attention.classes import NO_PNEUMONIA
 from napari_covid_attention.diagnosis import MAP_NAMES, diagnose
 from napari_covid_attention.io.load import load_ct
 from napari_covid_attention.models.bundle import Bundle
-from napari_covid_attention.training.datasets import Case, read_manifest
+from napari_covid_attention.training.datasets import NO_PNEUMONIA_LABEL, Case, read_manifest
 from napari_covid_attention.training.metrics import (
     METRIC_NAMES,
+    SLICE_MIN_AREA_MM2,
+    dice,
+    slice_detection_counts,
     binary_metrics,
     bootstrap_ci,
     plot_roc,
@@ -41,6 +45,9 @@ class CaseResult:
     infection_dice: float
     localization: dict[str, dict | None] = field(default_factory=dict)
     seconds: float = 0.0
+    infection_percent: float = 0.0  # predicted infection / lung volume, %
+    pneumonia_detected: bool = False
+    slices: dict[str, int] = field(default_factory=dict)  # slice_detection_counts against the reference
 
 
 def evaluate_bundle(
@@ -73,29 +80,35 @@ def _evaluate_case(case: Case, bundle: Bundle, device: str, base: Path) -> CaseR
     result = diagnose(volume, bundle, device)
     probs = {ENSEMBLE: result.probabilities[bundle.class_names[0]]}
     probs.update({m.name: m.probabilities[bundle.class_names[0]] for m in result.members})
-    fraction, dice, localization = float("nan"), float("nan"), {}
+    fraction, case_dice, localization, slices = float("nan"), float("nan"), {}, {}
     if case.infection_mask is not None:
         reference = load_ct(case.infection_mask).hu > 0
         lungs = load_ct(case.lung_mask).hu > 0 if case.lung_mask is not None else result.lung_mask > 0
         fraction = float(reference.sum() / max(lungs.sum(), 1))
         predicted = result.infection_mask > 0
-        denom = predicted.sum() + reference.sum()
-        dice = 1.0 if denom == 0 else float(2 * np.logical_and(predicted, reference).sum() / denom)
-        localization = {k: (None if v is None else v.to_dict()) for k, v in result.localization(reference).items()}
+        case_dice = dice(reference, predicted)
+        slices = slice_detection_counts(reference, predicted, volume.spacing_mm[1] * volume.spacing_mm[2])
+        if reference.any():
+            localization = {k: (None if v is None else v.to_dict()) for k, v in result.localization(reference).items()}
     return CaseResult(
         image=str(Path(case.image).relative_to(base.resolve())) if Path(case.image).is_relative_to(base.resolve()) else str(case.image),
         label=case.label,
         infection_fraction=fraction,
         prob_covid=probs,
-        infection_dice=dice,
+        infection_dice=case_dice,
         localization=localization,
         seconds=time.perf_counter() - started,
+        infection_percent=result.infection_percent,
+        pneumonia_detected=result.pneumonia_detected,
+        slices=slices,
     )
 
 
 def build_report(
-    results: Sequence[CaseResult], bundle: Bundle, edges: Sequence[float], n_bootstrap: int, seed: int
+    all_results: Sequence[CaseResult], bundle: Bundle, edges: Sequence[float], n_bootstrap: int, seed: int
 ) -> dict:
+    """COVID-19 vs CAP on the cases with pneumonia; pneumonia or not and segmentation on all."""
+    results = [r for r in all_results if r.label != NO_PNEUMONIA_LABEL]
     labels = np.array([r.label for r in results])
     fractions = np.array([r.infection_fraction for r in results])
     models = [ENSEMBLE, *[m.name for m in bundle.members]]
@@ -109,15 +122,39 @@ def build_report(
     return {
         "bundle": bundle.title,
         "bundle_label": bundle.label,
-        "n_cases": len(results),
+        "n_cases": len(all_results),
+        "n_without_pneumonia": len(all_results) - len(results),
         "n_covid": int(np.sum(labels == 0)),
         "n_cap": int(np.sum(labels == 1)),
         "overall": overall,
         "by_size_bin": _by_size_bin(results, models, labels, fractions, edges),
         "ablation": _ablation(results, models, labels, fractions, edges),
         "localization": _localization_summary(results),
-        "infection_dice": _mean_sd([r.infection_dice for r in results]),
-        "seconds_per_case": _mean_sd([r.seconds for r in results]),
+        "infection_dice": _mean_sd([r.infection_dice for r in all_results if r.infection_fraction > 0]),
+        "pneumonia": _pneumonia_summary(all_results, bundle),
+        "seconds_per_case": _mean_sd([r.seconds for r in all_results]),
+    }
+
+
+def _pneumonia_summary(results: Sequence[CaseResult], bundle: Bundle) -> dict:
+    """Pneumonia or not per scan (the bundle's rule), and infected slices found (pooled)."""
+    sick = np.array([r.label != NO_PNEUMONIA_LABEL for r in results])
+    detected = np.array([r.pneumonia_detected for r in results])
+    healthy_percent = [r.infection_percent for r, s in zip(results, sick, strict=True) if not s]
+    totals = {k: sum(r.slices.get(k, 0) for r in results) for k in ("tp", "fn", "fp", "tn")}
+    return {
+        "rule_min_infection_percent": bundle.pneumonia.min_infection_percent,
+        "n_with": int(sick.sum()),
+        "n_without": int((~sick).sum()),
+        "sensitivity": float(np.mean(detected[sick])) if sick.any() else float("nan"),
+        "specificity": float(np.mean(~detected[~sick])) if (~sick).any() else float("nan"),
+        "infection_percent_without_pneumonia": {"max": max(healthy_percent, default=float("nan")), **_mean_sd(healthy_percent)},
+        "slices": {
+            **totals,
+            "sensitivity": totals["tp"] / max(totals["tp"] + totals["fn"], 1) if totals["tp"] + totals["fn"] else float("nan"),
+            "specificity": totals["tn"] / max(totals["tn"] + totals["fp"], 1) if totals["tn"] + totals["fp"] else float("nan"),
+            "min_area_mm2": SLICE_MIN_AREA_MM2,
+        },
     }
 
 
@@ -185,7 +222,8 @@ def _mean_sd(values) -> dict[str, float]:
     return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
 
 
-def _write_outputs(report: dict, results: Sequence[CaseResult], out: Path, bundle: Bundle) -> None:
+def _write_outputs(report: dict, all_results: Sequence[CaseResult], out: Path, bundle: Bundle) -> None:
+    results = [r for r in all_results if r.label != NO_PNEUMONIA_LABEL]
     labels = np.array([r.label for r in results])
     curves = {}
     for name in report["overall"]:
@@ -198,10 +236,11 @@ def _write_outputs(report: dict, results: Sequence[CaseResult], out: Path, bundl
     with open(out / "cases.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         models = list(report["overall"])
-        writer.writerow(["image", "label", "infection_fraction", *[f"p_covid_{m}" for m in models], "infection_dice", *[f"energy_inside_{m}" for m in MAP_NAMES]])
-        for r in results:
+        writer.writerow(["image", "label", "infection_fraction", *[f"p_covid_{m}" for m in models], "infection_dice", "predicted_infection_percent", "pneumonia_detected", *[f"energy_inside_{m}" for m in MAP_NAMES]])
+        for r in all_results:
             energies = [(r.localization.get(m) or {}).get("energy_inside", "") for m in MAP_NAMES]
-            writer.writerow([r.image, bundle.class_names[r.label], f"{r.infection_fraction:.5f}", *[f"{r.prob_covid[m]:.5f}" for m in models], f"{r.infection_dice:.4f}", *energies])
+            label = NO_PNEUMONIA if r.label == NO_PNEUMONIA_LABEL else bundle.class_names[r.label]
+            writer.writerow([r.image, label, f"{r.infection_fraction:.5f}", *[f"{r.prob_covid[m]:.5f}" for m in models], f"{r.infection_dice:.4f}", f"{r.infection_percent:.3f}", int(r.pneumonia_detected), *energies])
 
 
 def render_markdown(report: dict) -> str:
@@ -211,7 +250,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"*{report['bundle_label']}*" if report.get("bundle_label") else "",
         "",
-        f"{report['n_cases']} scans ({report['n_covid']} COVID-19, {report['n_cap']} CAP); COVID-19 is the positive class; 95 % bootstrap CIs.",
+        f"{report['n_cases']} scans ({report['n_covid']} COVID-19, {report['n_cap']} CAP, {report.get('n_without_pneumonia', 0)} without pneumonia); COVID-19 vs CAP on the scans with pneumonia, COVID-19 the positive class; 95 % bootstrap CIs.",
         "",
         "| model | " + " | ".join(METRIC_NAMES) + " |",
         "|---|" + "---|" * len(METRIC_NAMES),
@@ -254,10 +293,24 @@ def render_markdown(report: dict) -> str:
                 )
         if "attention_over_gradcam_energy" in loc:
             lines += ["", f"Attention / Grad-CAM energy inside the mask: **{loc['attention_over_gradcam_energy']:.2f}×**."]
-    dice = report["infection_dice"]
+    p = report.get("pneumonia")
+    if p:
+        sl = p["slices"]
+        healthy = p["infection_percent_without_pneumonia"]
+        lines += [
+            "",
+            "## Pneumonia or not",
+            "",
+            f"Rule: pneumonia when the infection covers at least {p['rule_min_infection_percent']:.2f} % of the lungs.",
+            "",
+            "| scans with pneumonia | sensitivity | scans without | specificity | infection % without pneumonia (max) | infected slices found | clean slices left clean |",
+            "|---|---|---|---|---|---|---|",
+            f"| {p['n_with']} | {p['sensitivity']:.3f} | {p['n_without']} | {p['specificity']:.3f} | {healthy['max']:.2f} | {sl['sensitivity']:.3f} ({sl['tp']}/{sl['tp'] + sl['fn']}) | {sl['specificity']:.3f} ({sl['tn']}/{sl['tn'] + sl['fp']}) |",
+        ]
+    dice_scores = report["infection_dice"]
     lines += [
         "",
-        f"Infection segmentation Dice: {dice['mean']:.3f} ± {dice['sd']:.3f}. "
+        f"Infection segmentation Dice (scans with infection): {dice_scores['mean']:.3f} ± {dice_scores['sd']:.3f}. "
         f"Time per scan (full diagnosis): {report['seconds_per_case']['mean']:.2f} s.",
         "",
     ]

@@ -102,5 +102,35 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path, titl
     plt.close(fig)
 
 
+# A slice counts as infected from this area on: a lesion section of about 5 mm. Thinner
+# slivers at a lesion's top and bottom are neither positives nor negatives.
+SLICE_MIN_AREA_MM2 = 20.0
+
+
+def slice_detection_counts(reference: np.ndarray, predicted: np.ndarray, pixel_area_mm2: float) -> dict[str, int]:
+    """Axial slices with infection found and missed: tp, fn, fp, tn over one scan's slices.
+
+    A slice is infected when its reference area is at least :data:`SLICE_MIN_AREA_MM2`,
+    clean when it has none; a slice is flagged when the predicted area reaches the same
+    size. Slices with a reference sliver below the size are skipped.
+    """
+    ref_area = np.count_nonzero(reference, axis=(1, 2)) * pixel_area_mm2
+    pred_flag = np.count_nonzero(predicted, axis=(1, 2)) * pixel_area_mm2 >= SLICE_MIN_AREA_MM2
+    infected, clean = ref_area >= SLICE_MIN_AREA_MM2, ref_area == 0
+    return {
+        "tp": int(np.sum(infected & pred_flag)),
+        "fn": int(np.sum(infected & ~pred_flag)),
+        "fp": int(np.sum(clean & pred_flag)),
+        "tn": int(np.sum(clean & ~pred_flag)),
+    }
+
+
+def dice(reference: np.ndarray, predicted: np.ndarray) -> float:
+    """Dice of two binary masks; 1 when both are empty."""
+    reference, predicted = np.asarray(reference, bool), np.asarray(predicted, bool)
+    denom = int(np.count_nonzero(reference)) + int(np.count_nonzero(predicted))
+    return 1.0 if denom == 0 else 2.0 * int(np.count_nonzero(reference & predicted)) / denom
+
+
 def _safe(num: float, den: float) -> float:
     return num / den if den else float("nan")

@@ -35,14 +35,16 @@ from napari_covid_attention.models.bundle import Member, load_bundle, save_bundl
 from napari_covid_attention.models.calibration import IDENTITY, Calibration, fit_binary_calibration
 from napari_covid_attention.models.device import autocast, resolve_device
 from napari_covid_attention.models.dsanet import DSANet, DSANetConfig, DSAOutput
+from napari_covid_attention.models.pneumonia import PneumoniaRule, choose_threshold
 from napari_covid_attention.models.segmenter import (
     SegmenterConfig,
     build_segmenter,
     infection_probability,
 )
-from napari_covid_attention.preprocess.pipeline import PreprocessConfig
+from napari_covid_attention.preprocess.pipeline import PreprocessConfig, near_lungs
 from napari_covid_attention.training.datasets import (
     ClassifierDataset,
+    classified,
     PreparedCase,
     SegmenterDataset,
     iter_prepared,
@@ -51,7 +53,7 @@ from napari_covid_attention.training.datasets import (
     read_manifest,
 )
 from napari_covid_attention.training.losses import DSALoss, LossConfig
-from napari_covid_attention.training.metrics import roc_auc
+from napari_covid_attention.training.metrics import dice, roc_auc
 from napari_covid_attention.training.sampling import (
     DEFAULT_SIZE_BIN_EDGES,
     WeightedStreamSampler,
@@ -95,9 +97,14 @@ class TrainConfig:
     init_bundle: Path | None = None  # warm start: continue from this bundle's weights
     cache_dir: Path | None = None
     command: str = ""
+    # What the data are, for the bundle's provenance: [{"name", "kind": "synthetic" | "real",
+    # "licence", "citation"}]; a warm start's entries are kept too.
+    training_data: tuple[dict, ...] = ()
+    fold_by: str | None = None  # cross-validation: a manifest column (e.g. patient) no fold splits
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data["training_data"] = list(self.training_data)
         for key in ("train_manifest", "out", "val_manifest", "cache_dir", "init_bundle"):
             data[key] = None if data[key] is None else str(data[key])
         return data
@@ -145,7 +152,11 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
         raise UserFacingError(f"{config.out} already exists; choose a new bundle folder.")
     torch.manual_seed(config.seed)
 
-    train_cases, val_cases = yield from _prepare(config, env)
+    all_train, all_val = yield from _prepare(config, env)
+    # The classifier knows COVID-19 and CAP only; scans without pneumonia teach the segmenter.
+    train_cases, val_cases = classified(all_train), classified(all_val)
+    if not train_cases or not val_cases:
+        raise UserFacingError("Training needs COVID-19 or CAP cases in both the training and the validation set.")
     groups = _groups(train_cases, config)
     init = _init_states(config)
 
@@ -166,7 +177,7 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
         member_val_probs[name] = val_probs
         history[name] = member_history
 
-    segmenter, seg_history = yield from _fit_segmenter(train_cases, val_cases, config, device, env, init.get("segmenter"))
+    segmenter, seg_history = yield from _fit_segmenter(all_train, all_val, config, device, env, init.get("segmenter"))
     history["segmenter"] = seg_history
 
     if not env.is_main:
@@ -178,6 +189,8 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
     for member, weight in zip(members, weights, strict=True):
         member.weight = float(weight)
     yield TrainEvent("ensemble", 1, 1, {"val_auc": ensemble_auc})
+    pneumonia, pneumonia_scores = choose_pneumonia_rule(segmenter, all_val, config, device, init.get("pneumonia"))
+    yield TrainEvent("pneumonia rule", 1, 1, {"min_infection_percent": pneumonia.min_infection_percent})
 
     metrics = {
         "validation": {
@@ -185,13 +198,15 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
             "ensemble_auc": ensemble_auc,
             **{f"{n}_auc": _auc(p, val_labels) for n, p in member_val_probs.items()},
             "segmenter_dice": max(h["val_dice"] for h in seg_history) if seg_history else float("nan"),
+            "n_without_pneumonia": len(all_val) - len(val_cases),
+            **pneumonia_scores,
         }
     }
     training = {
         "train_manifest_sha256": manifest_sha256(config.train_manifest),
         "val_manifest_sha256": manifest_sha256(config.val_manifest) if config.val_manifest else None,
-        "n_train": len(train_cases),
-        "n_val": len(val_cases),
+        "n_train": len(all_train),
+        "n_val": len(all_val),
         "command": config.command or " ".join(sys.argv),
         "code_version": _code_version(),
         "torch": torch.__version__,
@@ -214,6 +229,8 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
         segmenter_config=config.segmenter,
         metrics=metrics,
         training=training,
+        pneumonia=pneumonia,
+        training_data=_training_data(config, init),
     )
     yield TrainEvent("done", 1, 1, metrics["validation"])
     return path
@@ -231,7 +248,58 @@ def _init_states(config: TrainConfig) -> dict:
     states = {m.name: m.model.state_dict() for m in bundle.members}
     states["segmenter"] = bundle.segmenter.state_dict()
     states["title"] = bundle.title
+    states["pneumonia"] = bundle.pneumonia
+    states["training_data"] = bundle.training_data
     return states
+
+
+def _training_data(config: TrainConfig, init: dict) -> list[dict]:
+    """This run's data sources after the warm start's (a bundle remembers all it has seen)."""
+    entries = [dict(e) for e in init.get("training_data", [])]
+    for entry in config.training_data:
+        if dict(entry) not in entries:
+            entries.append(dict(entry))
+    return entries
+
+
+def choose_pneumonia_rule(
+    segmenter: torch.nn.Module, cases: Sequence[PreparedCase], config: TrainConfig, device: torch.device, fallback: PneumoniaRule | None = None
+) -> tuple[PneumoniaRule, dict]:
+    """The infection-% threshold for "pneumonia present", chosen on validation scans.
+
+    The burden is measured as diagnosis measures it: the segmenter's mask inside the lungs
+    grown by the pleural margin, over the lung volume. Needs validation scans with and
+    without pneumonia; otherwise the warm start's rule (or the default) is kept.
+    """
+    infected, healthy = [], []
+    for case in cases:
+        if case.seg_lungs is None or not case.seg_lungs.any():
+            continue
+        percent = predicted_infection_percent(segmenter, case, config, device)
+        if case.has_pneumonia and case.has_mask and case.infection_fraction > 0:
+            infected.append(percent)
+        elif not case.has_pneumonia:
+            healthy.append(percent)
+    scores = {"n_val_with_pneumonia": len(infected), "n_val_without_pneumonia": len(healthy)}
+    if not infected or not healthy:
+        return fallback or PneumoniaRule(), scores
+    threshold = choose_threshold(np.array(infected), np.array(healthy))
+    rule = PneumoniaRule(round(threshold, 4), f"validation: {len(infected)} scans with pneumonia, {len(healthy)} without")
+    scores["val_pneumonia_sensitivity"] = float(np.mean(np.array(infected) >= threshold))
+    scores["val_pneumonia_specificity"] = float(np.mean(np.array(healthy) < threshold))
+    scores["val_max_infection_percent_without_pneumonia"] = float(max(healthy))
+    return rule, scores
+
+
+def predicted_infection_percent(segmenter: torch.nn.Module, case: PreparedCase, config: TrainConfig, device: torch.device) -> float:
+    """Infected share of the lungs (%) the segmenter predicts for a prepared case, confined as in diagnosis."""
+    image = torch.from_numpy(case.seg_image.astype(np.float32))[None, None].to(device)
+    with autocast(device):
+        prob = infection_probability(segmenter.eval(), image, config.preprocessing.segmenter_roi, config.segmenter.divisor)
+    predicted = prob[0, 0].float().cpu().numpy() >= 0.5
+    lungs = case.seg_lungs.astype(bool)
+    allowed = near_lungs(lungs, config.preprocessing.segmenter_spacing_mm)
+    return 100.0 * float(np.count_nonzero(predicted & allowed)) / max(int(np.count_nonzero(lungs)), 1)
 
 
 def choose_ensemble_weights(member_probs: Sequence[np.ndarray], labels: np.ndarray, steps: int = 21) -> tuple[list[float], float]:
@@ -493,10 +561,7 @@ def segmentation_dice(
         image = torch.from_numpy(case.seg_image.astype(np.float32))[None, None].to(device)
         with autocast(device):
             prob = infection_probability(model, image, roi, divisor)
-        pred = prob[0, 0].float().cpu().numpy() >= 0.5
-        truth = case.seg_infection.astype(bool)
-        denom = pred.sum() + truth.sum()
-        scores.append(1.0 if denom == 0 else 2.0 * np.logical_and(pred, truth).sum() / denom)
+        scores.append(dice(case.seg_infection, prob[0, 0].float().cpu().numpy() >= 0.5))
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -538,6 +603,12 @@ def cross_validate(config: TrainConfig, folds: int) -> Generator[TrainEvent, Non
     Fold i trains a bundle on the other folds and validates on fold i; the per-fold
     manifests, bundles and ``cv.json`` (validation metrics, mean and sd) go under
     ``config.out``.
+
+    With ``config.fold_by`` (e.g. leave one patient out) fold i's group is a *test* set
+    (``test.csv``) that nothing in the fold sees: epochs, ensemble weights, calibration
+    and the pneumonia threshold are chosen on ``config.val_fraction`` of the other groups'
+    cases; rows with an empty group (e.g. phantoms) are in every fold's training data.
+    Evaluate each fold's bundle on its ``test.csv``.
     """
     if folds < 2:
         raise UserFacingError("Cross-validation needs at least 2 folds.")
@@ -551,18 +622,28 @@ def cross_validate(config: TrainConfig, folds: int) -> Generator[TrainEvent, Non
         for column in ("image", "infection_mask", "lung_mask"):
             if row.get(column):
                 row[column] = str((base / row[column]).resolve())
-    assignment = _fold_assignment([r["label"] for r in rows], folds, config.seed)
+    if config.fold_by:
+        if config.fold_by not in fields:
+            raise UserFacingError(f"{Path(config.train_manifest).name} has no column {config.fold_by!r} to split folds by.")
+        assignment = _group_fold_assignment([r[config.fold_by] for r in rows], folds)
+    else:
+        assignment = _fold_assignment([r["label"] for r in rows], folds, config.seed)
+    held_out = "test.csv" if config.fold_by else "val.csv"
     results = []
     for fold in range(folds):
         fold_dir = config.out / f"fold-{fold + 1}"
         fold_dir.mkdir(parents=True)
-        for name, keep in (("train.csv", assignment != fold), ("val.csv", assignment == fold)):
+        for name, keep in (("train.csv", assignment != fold), (held_out, assignment == fold)):
             with open(fold_dir / name, "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(r for r, k in zip(rows, keep, strict=True) if k)
         fold_config = replace(
-            config, train_manifest=fold_dir / "train.csv", val_manifest=fold_dir / "val.csv", out=fold_dir / "bundle", version=f"{config.version}-fold{fold + 1}"
+            config,
+            train_manifest=fold_dir / "train.csv",
+            val_manifest=None if config.fold_by else fold_dir / "val.csv",
+            out=fold_dir / "bundle",
+            version=f"{config.version}-fold{fold + 1}",
         )
         path = yield from train_bundle(fold_config)
         if path is not None:
@@ -576,6 +657,20 @@ def cross_validate(config: TrainConfig, folds: int) -> Generator[TrainEvent, Non
     out = config.out / "cv.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
     return out
+
+
+def _group_fold_assignment(groups: Sequence[str], folds: int) -> np.ndarray:
+    """Fold index per case such that every group (patient) lies in one fold only.
+
+    Groups go to folds in sorted order, round robin: with as many folds as groups this is
+    leave-one-patient-out. An empty group gets -1: in no fold's test set, in every
+    fold's training set.
+    """
+    names = sorted({g.strip() for g in groups if g.strip()})
+    if folds > len(names):
+        raise UserFacingError(f"{folds} folds need at least {folds} groups; the manifest has {len(names)}.")
+    fold_of = {name: i % folds for i, name in enumerate(names)}
+    return np.array([fold_of.get(g.strip(), -1) for g in groups], dtype=int)
 
 
 def _fold_assignment(labels: Sequence[str], folds: int, seed: int) -> np.ndarray:
