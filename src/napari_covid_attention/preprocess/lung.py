@@ -15,22 +15,31 @@ every diagnosis). The steps, on a copy pooled to about 2.5 mm (``_WORK_SPACING_M
    (stomach and bowel gas never do); a piece spanning both sides is split by eroding it
    until it falls apart into a right and a left core, giving each voxel to the nearer
    core; the chosen cores grow back over their air;
-4. each lung is bridged along z, closed per axial slice with a disk of
-   ``_CLOSING_RADIUS_MM`` and its holes filled, so vessels, nodules and lesions against
-   the pleura count as lung (infection is predicted inside this mask: what it leaves out
-   is lost);
+4. each lung is bridged along z (vertical lines, and lines tilted along the costal pleura
+   that only widen a lesion the vertical ones found, see :func:`_bridge`), closed per
+   axial slice with a disk of ``_CLOSING_RADIUS_MM`` and its holes filled, so vessels,
+   nodules and lesions against the pleura count as lung (infection is predicted inside
+   this mask: what it leaves out is lost);
 5. on the full grid the mask is upsampled and, in a one-voxel band around its air/tissue
    boundary, the full-resolution threshold decides, so the edge is crisp.
 
-Known limit: a consolidation wider than the disk that reaches the chest wall and has no
+Known limits: a consolidation wider than the disk that reaches the chest wall and has no
 aerated lung above and below it (typically a consolidated lower lobe down to the
 diaphragm) is not recovered: nothing in HU tells it from the chest wall or the liver.
+Nor is a mass against the mediastinum wider than the disk. Of a 2-3 cm consolidation
+against the costal pleura with aerated lung above and below, 97-99 % is inside the mask
+on the real test scans; what is left out is a 1-3 mm rim where the pleura bulges
+outwards (between ribs, or a convex wall), which no line from the lung above to the lung
+below crosses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 from skimage.morphology import disk
 
 from napari_covid_attention.errors import UserFacingError
@@ -50,6 +59,9 @@ _SECOND_LUNG_SHARE = 0.05  # the smaller lung's air vs the larger's: consolidate
 _SIDE_SHARE = 0.15  # share of a component on each side of the midline to try a split
 _CLOSING_RADIUS_MM = 12.0  # juxtapleural nodules and subpleural lesions up to ~2.5 cm deep
 _BRIDGE_Z_MM = 40.0  # lesions up to this tall, with aerated lung above and below
+_BRIDGE_TILTS = (0.2, 0.4, 0.6, 0.8)  # tilted bridging lines: mm along y or x per mm of z
+_BRIDGE_DEEP_MM = 5.0  # a tilted gap must reach this far (each axis) from any lung
+_BONE_HU = 300.0  # ribs, sternum, spine: tilted bridging never adds them
 _AIRWAY_AREA_MM2 = (5.0, 500.0)  # trachea / main bronchus lumen, one pixel eroded
 _AIRWAY_MIDLINE_MM = 25.0  # the trachea's distance from the body's midline, at most
 _AIRWAY_GAP_MM = 12.0  # how far down the tracking looks past a slice without the airway
@@ -93,7 +105,7 @@ def lung_mask(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndar
     candidates = air_low & body
     candidates &= ~_central_airways(candidates, midline, spacing)
     lungs = _pick_lungs(candidates, midline, spacing)
-    lungs = _fill_lungs(lungs, spacing)
+    lungs = _fill_lungs(lungs, spacing, lambda blocks: _bony_blocks(hu, factors, blocks))
     return _refine(lungs, air_low, air, factors)
 
 
@@ -344,17 +356,19 @@ def _nearest_label(markers: np.ndarray, region: np.ndarray, spacing: tuple[float
     return markers[tuple(nearest)] * region
 
 
-def _fill_lungs(lungs: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+def _fill_lungs(lungs: np.ndarray, spacing: tuple[float, ...], is_bone: BlockTest) -> np.ndarray:
     """Add what lies inside each lung but is not air: vessels, nodules, lesions.
 
-    Per lung: bridge tissue between lung above and below it (``_BRIDGE_Z_MM``), close each
-    axial slice with a disk (``_CLOSING_RADIUS_MM``) and fill the slice's holes. The z
+    Per lung: bridge tissue between lung above and below it (:func:`_bridge`), close each
+    axial slice with a disk (``_CLOSING_RADIUS_MM``) and fill the slice's holes. The
     bridge catches lesions against the chest wall that are too wide for the disk but have
     aerated lung above and below; it never fills under the diaphragm's dome or the heart,
     which have no lung below them. Each lung is done on its own so nothing bridges the
     mediastinum; where the two results overlap, a voxel keeps its own label or gets none.
+    ``is_bone`` says which pooled blocks (rows of indices) are mostly bone.
     """
-    filled = [_fill_one(lungs == label, spacing) for label in (RIGHT_LUNG, LEFT_LUNG)]
+    hulls = _SliceHulls(lungs > 0)
+    filled = [_fill_one(lungs == label, spacing, hulls, is_bone) for label in (RIGHT_LUNG, LEFT_LUNG)]
     out = np.zeros_like(lungs)
     out[filled[0]] = RIGHT_LUNG
     out[filled[1]] = LEFT_LUNG
@@ -363,7 +377,7 @@ def _fill_lungs(lungs: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     return out
 
 
-def _fill_one(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+def _fill_one(mask: np.ndarray, spacing: tuple[float, ...], hulls: _SliceHulls, is_bone: BlockTest) -> np.ndarray:
     """:func:`_fill_lungs` for one lung, worked on its bounding box plus the disk's reach."""
     boxes = ndimage.find_objects(mask.astype(np.uint8))
     if not boxes:
@@ -371,12 +385,7 @@ def _fill_one(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     ry = int(np.ceil(_CLOSING_RADIUS_MM / spacing[1]))
     rx = int(np.ceil(_CLOSING_RADIUS_MM / spacing[2]))
     box = _grow_box(boxes[0], (0, ry, rx), mask.shape)
-    lung = mask[box]
-
-    reach = max(1, int(round(_BRIDGE_Z_MM / 2 / spacing[0])))
-    column = np.ones((2 * reach + 1, 1, 1), dtype=bool)
-    # Erosion treats beyond the scan as not lung, so nothing is bridged at a cut end.
-    lung = lung | ndimage.binary_erosion(ndimage.binary_dilation(lung, column), column)
+    lung = _bridge(mask[box], spacing, hulls, is_bone, box)
 
     yy, xx = np.ogrid[-ry : ry + 1, -rx : rx + 1]
     disk_2d = ((yy * spacing[1]) ** 2 + (xx * spacing[2]) ** 2 <= _CLOSING_RADIUS_MM**2)[None]
@@ -386,6 +395,230 @@ def _fill_one(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     out = np.zeros_like(mask)
     out[box] = ndimage.binary_fill_holes(lung, structure=_INPLANE)
     return out
+
+
+def _bridge(
+    lung: np.ndarray, spacing: tuple[float, ...], hulls: _SliceHulls, is_bone: BlockTest, box: tuple[slice, ...]
+) -> np.ndarray:
+    """``lung`` (a lung's box) plus the tissue it bridges along z: lesions with aerated lung
+    above and below them.
+
+    Vertically, any gap up to ``_BRIDGE_Z_MM`` between lung above and lung below is filled
+    (a closing with a vertical line). The costal pleura is rarely vertical, though: beside
+    a consolidation against the chest wall, the lung above and below lies a few mm further
+    in, so vertical lines leave a strip along the wall (up to 25 % of a 2-3 cm lesion on real
+    scans). Lines tilted by ``_BRIDGE_TILTS`` along y and x recover it, but on their own
+    they also cut across every natural concavity of the lung's surface: the mediastinum's
+    bulges (aortic arch, heart), the diaphragm's slopes, the chest wall's bends (2-7 % of
+    the lung volume in tissue, fat and rib on the real scans). What a tilted line adds is
+    therefore kept only if all of these hold:
+
+    - its gap is deep: it passes a voxel with no lung within ``_BRIDGE_DEEP_MM`` along
+      each axis (a lesion, not a shallow concavity);
+    - it lies on the costal side: outside the convex hull of both lungs' air in its axial
+      slice (the mediastinum and the diaphragm's dome lie inside);
+    - it is not bone (``is_bone``: a rib, the sternum, the spine);
+    - its connected piece touches deep tissue the vertical lines bridged, i.e. it widens a
+      lesion found with lung straight above and below it.
+
+    On healthy scans it then adds nothing (under 0.5 mL a scan).
+    """
+    reach = max(1, int(round(_BRIDGE_Z_MM / 2 / spacing[0])))
+    vertical = _close_along_lines(lung, spacing, [(0.0, 0.0)], reach)
+    directions = [d for t in _BRIDGE_TILTS for d in ((t, 0.0), (-t, 0.0), (0.0, t), (0.0, -t))]
+    if not directions:
+        return vertical
+    size = [2 * int(_BRIDGE_DEEP_MM // s) + 1 for s in spacing]
+    deep = ndimage.maximum_filter(lung.view(np.uint8), size=size, mode="constant", cval=0) == 0
+    # Lesions the vertical lines found on the costal side (at most 1.5 voxels inside the
+    # hull): only around them can a tilted piece be kept, so only there are lines tilted.
+    core = vertical & ~lung & deep
+    voxels = np.argwhere(core)
+    costal = _beyond_hull(hulls, voxels, tuple(s.start for s in box), -1.5)
+    if not costal.any():
+        return vertical
+    # A line's gap holding a voxel spans at most 2 * reach slices each way from it.
+    shift = int(np.ceil(2 * reach * spacing[0] * max(_BRIDGE_TILTS) / min(spacing[1:]))) + 1
+    low = np.maximum(voxels[costal].min(axis=0) - (2 * reach, shift, shift), 0)
+    high = np.minimum(voxels[costal].max(axis=0) + (2 * reach, shift, shift) + 1, lung.shape)
+    near = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    tilted = _close_along_lines(lung[near], spacing, directions, reach, deep[near]) & ~vertical[near]
+    voxels = np.argwhere(tilted)
+    corner = tuple(s.start + n.start for s, n in zip(box, near, strict=True))
+    outside = _beyond_hull(hulls, voxels, corner, 0.5) & ~is_bone(voxels + corner)
+    tilted[tuple(voxels[~outside].T)] = False
+    pieces, _ = ndimage.label(tilted, structure=_FACES)
+    keep = np.unique(pieces[ndimage.binary_dilation(core[near], _FACES) & tilted])
+    out = vertical.copy()
+    out[near] |= np.isin(pieces, keep[keep > 0])
+    return out
+
+
+def _beyond_hull(hulls: _SliceHulls, voxels: np.ndarray, corner: tuple[int, ...], margin: float) -> np.ndarray:
+    """Whether each voxel (rows (z, y, x) counted from ``corner`` of the pooled grid) lies
+    more than ``margin`` voxels outside the convex hull of both lungs in its axial slice."""
+    out = np.zeros(len(voxels), dtype=bool)
+    origin = np.array(corner)
+    for z in np.unique(voxels[:, 0]):
+        rows = voxels[:, 0] == z
+        out[rows] = hulls.beyond(z + origin[0], voxels[rows, 1:] + origin[1:], margin)
+    return out
+
+
+BlockTest = Callable[[np.ndarray], np.ndarray]
+
+
+def _bony_blocks(hu: np.ndarray, factors: tuple[int, int, int], blocks: np.ndarray) -> np.ndarray:
+    """Whether most full-grid voxels of each pooled block (rows of ``blocks``) are bone."""
+    index = [
+        np.minimum(blocks[:, axis, None] * f + np.arange(f), n - 1)
+        for axis, (f, n) in enumerate(zip(factors, hu.shape, strict=True))
+    ]
+    values = hu[index[0][:, :, None, None], index[1][:, None, :, None], index[2][:, None, None, :]]
+    return np.count_nonzero(values >= _BONE_HU, axis=(1, 2, 3)) * 2 > np.prod(factors)
+
+
+class _SliceHulls:
+    """Per axial slice, the convex hull of a mask (both lungs), computed when first asked."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self._mask = mask
+        self._equations: dict[int, np.ndarray | None] = {}
+
+    def beyond(self, z: int, points: np.ndarray, margin: float) -> np.ndarray:
+        """Whether each point (rows (y, x)) of slice z lies more than ``margin`` voxels
+        outside the hull (every point does where the slice has no hull)."""
+        if z not in self._equations:
+            self._equations[z] = self._hull(self._mask[z])
+        equations = self._equations[z]
+        if equations is None:
+            return np.ones(len(points), dtype=bool)
+        return (points @ equations[:, :2].T + equations[:, 2]).max(axis=1) > margin
+
+    @staticmethod
+    def _hull(plane: np.ndarray) -> np.ndarray | None:
+        rows = np.flatnonzero(plane.any(axis=1))
+        if rows.size < 2:
+            return None
+        # The hull of each row's first and last pixel is the hull of all of them.
+        first = plane[rows].argmax(axis=1)
+        last = plane.shape[1] - 1 - plane[rows, ::-1].argmax(axis=1)
+        points = np.concatenate([np.stack([rows, first], axis=1), np.stack([rows, last], axis=1)])
+        try:
+            return ConvexHull(points).equations  # rows (normal y, normal x, offset); inside <= 0
+        except QhullError:  # all points on one line: no area
+            return None
+
+
+def _close_along_lines(
+    lung: np.ndarray,
+    spacing: tuple[float, ...],
+    directions: list[tuple[float, float]],
+    reach: int,
+    deep: np.ndarray | None = None,
+) -> np.ndarray:
+    """``lung`` plus the gaps it closes along lines: the union over ``directions`` (y and x
+    shift per mm of z; each tilted along y or x only) of a closing with a line of
+    ``2 * reach + 1`` slices. With ``deep``, a tilted line's gap is filled only if it holds
+    a ``deep`` voxel. Beyond the array counts as not lung, so nothing is bridged at a cut end.
+
+    Each direction is sheared into a vertical line, so the closing is a running OR then a
+    running AND along z; those run on bits packed eight voxels a byte across the other
+    in-plane axis: about 1 ms for the vertical direction on a lung's box, where
+    ``binary_dilation`` and ``binary_erosion`` with a 17-slice line took about 30 ms.
+    """
+    nz = lung.shape[0]
+    size = 2 * reach + 1
+    z_mm = np.arange(nz) * spacing[0]
+    packed, packed_deep, closed_any = {}, {}, {}
+    for ty, tx in directions:
+        if ty != 0 and tx != 0:
+            raise ValueError("a bridging line is tilted along y or along x, not both")
+        shear_axis, tilt = (2, tx) if tx != 0 else (1, ty)
+        pack_axis = 3 - shear_axis
+        if pack_axis not in packed:
+            packed[pack_axis] = np.packbits(lung, axis=pack_axis)
+            closed_any[pack_axis] = np.zeros_like(packed[pack_axis])
+            if deep is not None:
+                packed_deep[pack_axis] = np.packbits(deep, axis=pack_axis)
+        source = packed[pack_axis]
+        shift = np.round(z_mm * tilt / spacing[shear_axis]).astype(int)
+        shift -= shift.min()
+        sheared = _shear(source, shift, shear_axis)
+        closed = _running(_running(sheared, size, np.bitwise_or), size, np.bitwise_and)
+        if deep is not None and shift.any():
+            gap = closed & ~sheared
+            closed = _runs_holding(gap, gap & _shear(packed_deep[pack_axis], shift, shear_axis))
+        _unshear_into(closed_any[pack_axis], closed, shift, shear_axis)
+    out = lung.copy()
+    for pack_axis, bits in closed_any.items():
+        out |= np.unpackbits(bits, axis=pack_axis, count=lung.shape[pack_axis]).view(bool)
+    return out
+
+
+def _shear(array: np.ndarray, shift: np.ndarray, axis: int) -> np.ndarray:
+    """Slice z of ``array`` moved by ``shift[z]`` along ``axis`` (1 or 2), zeros around."""
+    if not shift.any():
+        return array
+    n = array.shape[axis]
+    shape = list(array.shape)
+    shape[axis] = n + int(shift.max())
+    out = np.zeros(shape, dtype=array.dtype)
+    for z, s in enumerate(shift):
+        target = (z, slice(s, s + n)) if axis == 1 else (z, slice(None), slice(s, s + n))
+        out[target] = array[z]
+    return out
+
+
+def _unshear_into(out: np.ndarray, sheared: np.ndarray, shift: np.ndarray, axis: int) -> None:
+    """OR the inverse of :func:`_shear` of ``sheared`` into ``out``."""
+    if not shift.any():
+        out |= sheared
+        return
+    n = out.shape[axis]
+    for z, s in enumerate(shift):
+        source = (z, slice(s, s + n)) if axis == 1 else (z, slice(None), slice(s, s + n))
+        out[z] |= sheared[source]
+
+
+def _running(bits: np.ndarray, size: int, combine: np.ufunc) -> np.ndarray:
+    """``combine`` (bitwise OR or AND) of ``bits`` over the ``size`` (odd) slices centred on
+    each slice along axis 0; beyond both ends counts as zeros. Windows of 1, 2, 4, ...
+    slices are built by doubling, then ``size`` is assembled from them."""
+    half = size // 2
+    nz = bits.shape[0]
+    padded = np.zeros((nz + 2 * half, *bits.shape[1:]), dtype=bits.dtype)
+    padded[half : half + nz] = bits
+    windows = [padded]  # windows[k][i]: combine of padded[i : i + 2**k]; zeros past the end
+    while 2 ** len(windows) <= size:
+        prev, step = windows[-1], 2 ** (len(windows) - 1)
+        nxt = np.zeros_like(prev)
+        nxt[:-step] = combine(prev[:-step], prev[step:])
+        if combine is np.bitwise_or:
+            nxt[-step:] = prev[-step:]
+        windows.append(nxt)
+    out, offset = None, 0
+    for level in range(len(windows) - 1, -1, -1):
+        if size - offset >= 2**level:
+            part = windows[level][offset : offset + nz]
+            out = part.copy() if out is None else combine(out, part)
+            offset += 2**level
+    return out
+
+
+def _runs_holding(gap: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The runs of ``gap`` along axis 0 (consecutive set bits of one column) holding a
+    ``seed`` bit: one pass along axis 0 and one back, carrying each bit through its run."""
+    held = np.empty_like(gap)
+    carry = seed[0]
+    held[0] = carry
+    for z in range(1, gap.shape[0]):
+        carry = gap[z] & (carry | seed[z])
+        held[z] = carry
+    for z in range(gap.shape[0] - 2, -1, -1):
+        carry = gap[z] & (carry | held[z])
+        held[z] = carry
+    return held
 
 
 def _grow_box(box: tuple[slice, ...], margin: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
