@@ -107,6 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         command="napari-covid-attention " + " ".join(args.argv),
         training_data=_data_sources(args.data_sources),
         fold_by=args.fold_by,
+        segmenter_negative_weight=args.segmenter_negative_weight,
     )
     run = cross_validate(config, args.folds) if args.folds else train_bundle(config)
     result = _drive(run)
@@ -303,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--lr", type=float, default=1e-3, help="classifiers' peak learning rate (one-cycle schedule)")
     train.add_argument("--segmenter-lr", type=float, default=2e-3, help="segmenter's peak learning rate (lower it for warm starts)")
+    train.add_argument("--segmenter-negative-weight", type=float, default=1.0, help="draw scans without infection this many times as often in segmenter training")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto")
     train.add_argument("--workers", type=int, default=2, help="preprocessing processes")

@@ -101,6 +101,9 @@ class TrainConfig:
     # "licence", "citation"}]; a warm start's entries are kept too.
     training_data: tuple[dict, ...] = ()
     fold_by: str | None = None  # cross-validation: a manifest column (e.g. patient) no fold splits
+    # How much more often the segmenter draws a scan without infection: healthy anatomy
+    # (vessels, heart, atelectasis, tumours) is what it must learn to leave alone.
+    segmenter_negative_weight: float = 1.0
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -514,7 +517,8 @@ def _fit_segmenter(
         return model.eval(), history
     ddp = DistributedDataParallel(model) if env.world_size > 1 else model
     dataset = SegmenterDataset(train, config.preprocessing.segmenter_roi, config.segmenter.divisor, seed=config.seed + env.rank)
-    sampler = WeightedStreamSampler(np.ones(len(dataset)), len(dataset), seed=config.seed + 1, rank=env.rank, world_size=env.world_size)
+    weights = np.array([config.segmenter_negative_weight if not c.seg_infection.any() else 1.0 for c in dataset.cases])
+    sampler = WeightedStreamSampler(weights, len(dataset), seed=config.seed + 1, rank=env.rank, world_size=env.world_size)
     loader = DataLoader(dataset, batch_size=1, sampler=sampler)  # boxes differ in size
     criterion = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.segmenter_lr, weight_decay=config.weight_decay)
