@@ -1,9 +1,12 @@
 """Regenerate the screenshots in docs/images from a real napari window (under Xvfb if needed).
 
     python scripts/make_screenshots.py [--bundle demo] [--real ../shared/data/chest-ct-dicom-lung-pet-ct-dx]
+        [--real-volume ../shared/data/real-chest-ct/lidc-idri-0001.nii.gz] [--inserted runs/demo/inserted/images/X.nii.gz]
 
 Writes: real-series-lung-window.png (the real series as opened), real-series-lung-mask.png
-(the same after diagnosis: lung mask outlined), sample-attention.png (the sample phantom with
+(the same after diagnosis: lung mask outlined), real-volume-diagnosed.png (a real scan
+without pneumonia after diagnosis, result card), real-inserted-diagnosed.png (a real scan
+with inserted lesions after diagnosis), sample-attention.png (the sample phantom with
 attention and infection mask, result card) and compare.png (attention | Grad-CAM | Grad-CAM++).
 """
 
@@ -59,6 +62,25 @@ def real_series(bundle: str | None, folder: Path) -> None:
     viewer.close()
 
 
+def real_diagnosed(bundle: str | None, path: Path, name: str) -> None:
+    """A real scan diagnosed: the slice with the most infection (or the middle), card visible."""
+    viewer, widget = viewer_with_widget(bundle)
+    layer = viewer.open(path, plugin=PLUGIN)[0]
+    widget.layer_combo.setCurrentText(layer.name)
+    widget.run_diagnosis(threaded=False)
+    from napari_covid_attention.widgets import layers as ops
+
+    ops.layer_of_kind(viewer, layer, "lung_mask").visible = True
+    infection = ops.layer_of_kind(viewer, layer, "infection_mask")
+    if infection.data.any():
+        widget.jump_to_infection()
+    else:
+        viewer.dims.set_point(0, float(layer.data_to_world((layer.data.shape[0] * 0.55, 0, 0))[0]))
+    settle()
+    viewer.screenshot(str(OUT / name), canvas_only=False)
+    viewer.close()
+
+
 def sample(bundle: str | None) -> None:
     viewer, widget = viewer_with_widget(bundle)
     layer = viewer.open_sample(PLUGIN, "covid_phantom")[0]
@@ -78,6 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=None)
     parser.add_argument("--real", type=Path, default=SHARED / "chest-ct-dicom-lung-pet-ct-dx")
+    parser.add_argument("--real-volume", type=Path, default=SHARED / "real-chest-ct" / "lidc-idri-0001.nii.gz")
+    parser.add_argument("--inserted", type=Path, default=None, help="a scan made by insert-lesions")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
@@ -88,6 +112,10 @@ def main() -> None:
         real_series(args.bundle, args.real)
     else:
         print(f"real series not found at {args.real}; skipping its screenshots")
+    if args.real_volume.is_file():
+        real_diagnosed(args.bundle, args.real_volume, "real-volume-diagnosed.png")
+    if args.inserted is not None:
+        real_diagnosed(args.bundle, args.inserted, "real-inserted-diagnosed.png")
     sample(args.bundle)
     print(f"screenshots in {OUT}")
 
