@@ -8,16 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_SHAPE, tiny_train_args
 
 from napari_covid_attention.cli import main
 from napari_covid_attention.data.lesion_insertion import make_host, write_inserted_dataset
 from napari_covid_attention.data.synthetic import generate_phantom
 from napari_covid_attention.models.bundle import load_bundle
-from napari_covid_attention.models.pneumonia import DEFAULT_MIN_INFECTION_PERCENT, PneumoniaRule, choose_threshold
+from napari_covid_attention.models.pneumonia import (
+    DEFAULT_MIN_INFECTION_PERCENT,
+    PneumoniaRule,
+    choose_threshold,
+)
 from napari_covid_attention.training.datasets import NO_PNEUMONIA_LABEL, read_manifest
 from napari_covid_attention.training.trainer import _group_fold_assignment
-
-from conftest import TINY_SHAPE, tiny_train_args
 
 
 def test_threshold_separates_infected_from_healthy_scans():

@@ -29,8 +29,8 @@ from napari_covid_attention.io.geometry import spacing_mm
 from napari_covid_attention.io.volume import CTVolume
 from napari_covid_attention.jobs import run_to_end
 from napari_covid_attention.models.bundle import Bundle
-from napari_covid_attention.models.pneumonia import PneumoniaRule
 from napari_covid_attention.models.device import autocast, is_out_of_memory, resolve_device
+from napari_covid_attention.models.pneumonia import PneumoniaRule
 from napari_covid_attention.models.segmenter import infection_probability
 from napari_covid_attention.preprocess.lung import LEFT_LUNG, RIGHT_LUNG
 from napari_covid_attention.preprocess.lung import lung_mask as compute_lung_mask

@@ -37,7 +37,13 @@ from scipy import ndimage
 
 from napari_covid_attention.atomic import write_csv_atomic
 from napari_covid_attention.classes import CAP, COVID, LESION_TYPES, MANIFEST_COLUMNS, NO_PNEUMONIA
-from napari_covid_attention.data.phantom_anatomy import LEFT_LUNG, RIGHT_LUNG, Anatomy, BodyPlan, Grid
+from napari_covid_attention.data.phantom_anatomy import (
+    LEFT_LUNG,
+    RIGHT_LUNG,
+    Anatomy,
+    BodyPlan,
+    Grid,
+)
 from napari_covid_attention.data.phantom_lesions import draw_infection, sample_infection_fraction
 from napari_covid_attention.io.geometry import spacing_mm
 from napari_covid_attention.io.nifti import save_nifti

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 import torch.nn.functional as F
 from monai.transforms import ScaleIntensityRange
+from scipy import ndimage
 
 from napari_covid_attention.io.geometry import spacing_mm, subgrid_affine
 from napari_covid_attention.io.volume import AIR_HU

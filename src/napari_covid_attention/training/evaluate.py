@@ -24,12 +24,12 @@ from napari_covid_attention.training.datasets import NO_PNEUMONIA_LABEL, Case, r
 from napari_covid_attention.training.metrics import (
     METRIC_NAMES,
     SLICE_MIN_AREA_MM2,
-    dice,
-    slice_detection_counts,
     binary_metrics,
     bootstrap_ci,
+    dice,
     plot_roc,
     roc_curve,
+    slice_detection_counts,
 )
 from napari_covid_attention.training.sampling import DEFAULT_SIZE_BIN_EDGES
 

@@ -44,9 +44,9 @@ from napari_covid_attention.models.segmenter import (
 from napari_covid_attention.preprocess.pipeline import PreprocessConfig, near_lungs
 from napari_covid_attention.training.datasets import (
     ClassifierDataset,
-    classified,
     PreparedCase,
     SegmenterDataset,
+    classified,
     iter_prepared,
     manifest_sha256,
     prepare_cases,
