@@ -19,9 +19,11 @@ import argparse
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
+from napari_covid_attention.training.evaluate import _ablation
 from napari_covid_attention.training.metrics import METRIC_NAMES, binary_metrics
 from napari_covid_attention.training.sampling import DEFAULT_SIZE_BIN_EDGES
 
@@ -66,15 +68,12 @@ def main() -> None:
     for name, p in probs.items():
         m = binary_metrics(p, labels)
         print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in METRIC_NAMES) + " |")
-    edges = DEFAULT_SIZE_BIN_EDGES
-    small_covid = (labels == 0) & (fractions < edges[min(1, len(edges) - 1)])
-    large_cap = (labels == 1) & (fractions >= edges[-1])
-    rare = small_covid | large_cap
-    print(f"ablation: small-infection COVID-19 n={small_covid.sum()}, large-infection CAP n={large_cap.sum()}")
-    for name, p in probs.items():
-        print(
-            f"| {name} | {np.mean(p[small_covid] >= 0.5):.3f} | {np.mean(p[large_cap] < 0.5):.3f} | {binary_metrics(p[rare], labels[rare])['auc']:.3f} |"
-        )
+    # The ablation exactly as evaluate defines it (rare groups, per-group accuracy, pooled AUC).
+    cases = [SimpleNamespace(prob_covid={name: float(p[i]) for name, p in probs.items()}) for i in range(len(labels))]
+    ablation = _ablation(cases, list(probs), labels, fractions, DEFAULT_SIZE_BIN_EDGES)
+    print(f"ablation: small-infection COVID-19 n={ablation['n_small_infection_covid']}, large-infection CAP n={ablation['n_large_infection_cap']}")
+    for name, row in ablation["models"].items():
+        print(f"| {name} | {row['small_infection_covid_accuracy']:.3f} | {row['large_infection_cap_accuracy']:.3f} | {row['rare_groups_auc']:.3f} |")
     if args.check:
         direct = {r["image"].split("/")[-1]: float(r["p_covid_ensemble"]) for r in csv.DictReader(open(args.check)) if r["label"] in ("COVID-19", "CAP")}
         rows = [r for r in csv.DictReader(open(args.cases)) if r["label"] in ("COVID-19", "CAP")]
