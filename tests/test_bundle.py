@@ -115,3 +115,15 @@ def test_architecture_mismatch_is_refused(tmp_path):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("weights", [(float("nan"), 0.5), (1.5, -0.5)])
+def test_ensemble_weights_that_are_not_a_number_or_negative_are_refused(tmp_path, weights):
+    """A NaN weight passed the old sum check (abs(nan - 1) > 1e-3 is False) and gave p = nan."""
+    path, _ = make_tiny_bundle(tmp_path / "b")
+    meta = json.loads((path / "bundle.json").read_text())
+    for member, weight in zip(meta["members"], weights, strict=True):
+        member["weight"] = weight
+    (path / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="negative or not a number"):
+        load_bundle(path)

@@ -125,3 +125,11 @@ def test_looks_like_hu_detects_windowed_0_255_data():
     assert looks_like_hu(hu)
     windowed = ((hu.clip(-1250, 250) + 1250) / 1500 * 255).round()
     assert not looks_like_hu(windowed)
+
+
+def test_float64_values_beyond_float32_are_refused_not_turned_into_inf(tmp_path):
+    """They passed the NaN/Inf check as float64 and became inf (then a NaN diagnosis) in float32."""
+    data = np.full((8, 8, 4), -500.5, np.float64)
+    data[1, 1, 1] = 1e300
+    with pytest.raises(CTLoadError, match="not in Hounsfield units"):
+        load_nifti(_write(tmp_path / "huge.nii", data))

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -146,6 +147,8 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         )
     if not members:
         raise BundleError(f"{folder.name} has no classifier members.")
+    if not all(np.isfinite(m.weight) and m.weight >= 0 for m in members):
+        raise BundleError(f"{folder.name}: an ensemble weight is negative or not a number.")
     total = sum(m.weight for m in members)
     if abs(total - 1.0) > 1e-3:
         raise BundleError(f"{folder.name}: ensemble weights sum to {total:.3f}, not 1.")
