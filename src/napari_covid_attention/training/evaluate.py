@@ -49,6 +49,10 @@ class CaseResult:
     pneumonia_detected: bool = False
     slices: dict[str, int] = field(default_factory=dict)  # slice_detection_counts against the reference
 
+    @property
+    def has_pneumonia(self) -> bool:
+        return self.label != NO_PNEUMONIA_LABEL
+
 
 def evaluate_bundle(
     bundle: Bundle,
@@ -108,7 +112,7 @@ def build_report(
     all_results: Sequence[CaseResult], bundle: Bundle, edges: Sequence[float], n_bootstrap: int, seed: int
 ) -> dict:
     """COVID-19 vs CAP on the cases with pneumonia; pneumonia or not and segmentation on all."""
-    results = [r for r in all_results if r.label != NO_PNEUMONIA_LABEL]
+    results = [r for r in all_results if r.has_pneumonia]
     labels = np.array([r.label for r in results])
     fractions = np.array([r.infection_fraction for r in results])
     models = [ENSEMBLE, *[m.name for m in bundle.members]]
@@ -138,7 +142,7 @@ def build_report(
 
 def _pneumonia_summary(results: Sequence[CaseResult], bundle: Bundle) -> dict:
     """Pneumonia or not per scan (the bundle's rule), and infected slices found (pooled)."""
-    sick = np.array([r.label != NO_PNEUMONIA_LABEL for r in results])
+    sick = np.array([r.has_pneumonia for r in results])
     detected = np.array([r.pneumonia_detected for r in results])
     healthy_percent = [r.infection_percent for r, s in zip(results, sick, strict=True) if not s]
     totals = {k: sum(r.slices.get(k, 0) for r in results) for k in ("tp", "fn", "fp", "tn")}
@@ -151,8 +155,8 @@ def _pneumonia_summary(results: Sequence[CaseResult], bundle: Bundle) -> dict:
         "infection_percent_without_pneumonia": {"max": max(healthy_percent, default=float("nan")), **_mean_sd(healthy_percent)},
         "slices": {
             **totals,
-            "sensitivity": totals["tp"] / max(totals["tp"] + totals["fn"], 1) if totals["tp"] + totals["fn"] else float("nan"),
-            "specificity": totals["tn"] / max(totals["tn"] + totals["fp"], 1) if totals["tn"] + totals["fp"] else float("nan"),
+            "sensitivity": totals["tp"] / (totals["tp"] + totals["fn"]) if totals["tp"] + totals["fn"] else float("nan"),
+            "specificity": totals["tn"] / (totals["tn"] + totals["fp"]) if totals["tn"] + totals["fp"] else float("nan"),
             "min_area_mm2": SLICE_MIN_AREA_MM2,
         },
     }
@@ -223,7 +227,7 @@ def _mean_sd(values) -> dict[str, float]:
 
 
 def _write_outputs(report: dict, all_results: Sequence[CaseResult], out: Path, bundle: Bundle) -> None:
-    results = [r for r in all_results if r.label != NO_PNEUMONIA_LABEL]
+    results = [r for r in all_results if r.has_pneumonia]
     labels = np.array([r.label for r in results])
     curves = {}
     for name in report["overall"]:
@@ -239,7 +243,7 @@ def _write_outputs(report: dict, all_results: Sequence[CaseResult], out: Path, b
         writer.writerow(["image", "label", "infection_fraction", *[f"p_covid_{m}" for m in models], "infection_dice", "predicted_infection_percent", "pneumonia_detected", *[f"energy_inside_{m}" for m in MAP_NAMES]])
         for r in all_results:
             energies = [(r.localization.get(m) or {}).get("energy_inside", "") for m in MAP_NAMES]
-            label = NO_PNEUMONIA if r.label == NO_PNEUMONIA_LABEL else bundle.class_names[r.label]
+            label = bundle.class_names[r.label] if r.has_pneumonia else NO_PNEUMONIA
             writer.writerow([r.image, label, f"{r.infection_fraction:.5f}", *[f"{r.prob_covid[m]:.5f}" for m in models], f"{r.infection_dice:.4f}", f"{r.infection_percent:.3f}", int(r.pneumonia_detected), *energies])
 
 

@@ -296,10 +296,8 @@ def choose_pneumonia_rule(
 
 def predicted_infection_percent(segmenter: torch.nn.Module, case: PreparedCase, config: TrainConfig, device: torch.device) -> float:
     """Infected share of the lungs (%) the segmenter predicts for a prepared case, confined as in diagnosis."""
-    image = torch.from_numpy(case.seg_image.astype(np.float32))[None, None].to(device)
-    with autocast(device):
-        prob = infection_probability(segmenter.eval(), image, config.preprocessing.segmenter_roi, config.segmenter.divisor)
-    predicted = prob[0, 0].float().cpu().numpy() >= 0.5
+    segmenter.eval()
+    predicted = predicted_infection(segmenter, case, config.preprocessing.segmenter_roi, config.segmenter.divisor, device)
     lungs = case.seg_lungs.astype(bool)
     allowed = near_lungs(lungs, config.preprocessing.segmenter_spacing_mm)
     return 100.0 * float(np.count_nonzero(predicted & allowed)) / max(int(np.count_nonzero(lungs)), 1)
@@ -562,11 +560,18 @@ def segmentation_dice(
     for case in cases:
         if not case.has_mask:
             continue
-        image = torch.from_numpy(case.seg_image.astype(np.float32))[None, None].to(device)
-        with autocast(device):
-            prob = infection_probability(model, image, roi, divisor)
-        scores.append(dice(case.seg_infection, prob[0, 0].float().cpu().numpy() >= 0.5))
+        scores.append(dice(case.seg_infection, predicted_infection(model, case, roi, divisor, device)))
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def predicted_infection(
+    model: torch.nn.Module, case: PreparedCase, roi: Sequence[int], divisor: int, device: torch.device
+) -> np.ndarray:
+    """The segmenter's binary infection mask of a prepared case, on the segmenter grid."""
+    image = torch.from_numpy(case.seg_image.astype(np.float32))[None, None].to(device)
+    with autocast(device):
+        prob = infection_probability(model, image, roi, divisor)
+    return prob[0, 0].float().cpu().numpy() >= 0.5
 
 
 def _auc(prob_class0: np.ndarray, labels: np.ndarray) -> float:
