@@ -27,7 +27,7 @@ def phantom():
 @pytest.fixture(scope="module")
 def result(phantom, tiny_bundle):
     stages = []
-    diagnosis = diagnose(phantom.volume, load_bundle(tiny_bundle), "cpu", progress=lambda i, s: stages.append(s))
+    diagnosis = diagnose(phantom.volume, load_bundle(tiny_bundle), "cpu", progress=lambda p: stages.append(p.phase))
     return diagnosis, stages
 
 

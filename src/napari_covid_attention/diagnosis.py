@@ -2,7 +2,7 @@
 
 Stages: lung mask -> crop + resample -> each ensemble member's forward (attention) and one
 backward (Grad-CAM, Grad-CAM++) -> infection segmentation -> masks back on the scan.
-The widget runs :func:`diagnose_steps` in a worker (it yields after each stage, which is
+The widget runs :func:`diagnose_steps` in a worker (it yields a Progress after each stage, which is
 where progress is shown and where a cancel takes effect); the CLI calls :func:`diagnose`.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +27,7 @@ from napari_covid_attention.explain.localization import (
 )
 from napari_covid_attention.io.geometry import spacing_mm
 from napari_covid_attention.io.volume import CTVolume
-from napari_covid_attention.jobs import run_to_end
+from napari_covid_attention.jobs import Job, Progress, run_to_end
 from napari_covid_attention.models.bundle import Bundle
 from napari_covid_attention.models.device import autocast, is_out_of_memory, resolve_device
 from napari_covid_attention.models.pneumonia import PneumoniaRule
@@ -163,16 +163,17 @@ def diagnose(
     volume: CTVolume,
     bundle: Bundle,
     device: str | torch.device = "auto",
-    progress: Callable[[int, str], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> Diagnosis:
-    """Run the full diagnosis; ``progress(stage_index, stage_name)`` after each stage."""
-    return run_to_end(diagnose_steps(volume, bundle, device), None if progress is None else lambda step: progress(*step))
+    """Run the full diagnosis; ``progress`` gets a :class:`Progress` after each stage."""
+    return run_to_end(diagnose_steps(volume, bundle, device), progress)
 
 
 def diagnose_steps(
     volume: CTVolume, bundle: Bundle, device: str | torch.device = "auto"
-) -> Generator[tuple[int, str], None, Diagnosis]:
-    """Generator form: yields (index, stage name) as each stage finishes, returns the Diagnosis.
+) -> Job[Diagnosis]:
+    """Generator form: yields :class:`Progress` (phase = stage name) as each stage finishes,
+    returns the Diagnosis.
 
     On a GPU out-of-memory error the network stages fall back to the CPU with a warning.
     """
@@ -183,32 +184,32 @@ def diagnose_steps(
     t0 = time.perf_counter()
     lungs = compute_lung_mask(volume.hu, volume.spacing_mm)
     timings["lung mask"] = time.perf_counter() - t0
-    yield 0, STAGES[0]
+    yield Progress(STAGES[0], 1, len(STAGES))
 
     t0 = time.perf_counter()
     inputs = network_inputs(volume.hu, volume.affine, lungs, bundle.preprocessing)
     cls_grid, seg_grid = inputs.classifier_grid, inputs.segmenter_grid
     cls_input, seg_input = inputs.classifier_image, inputs.segmenter_image
     timings["preprocess"] = time.perf_counter() - t0
-    yield 1, STAGES[1]
+    yield Progress(STAGES[1], 2, len(STAGES))
 
     t0 = time.perf_counter()
     explanations, target = _with_cpu_fallback(
         lambda dev: _explain_members(bundle, cls_input, dev), target, notes
     )
     timings["classify + explain"] = time.perf_counter() - t0
-    yield 2, STAGES[2]
+    yield Progress(STAGES[2], 3, len(STAGES))
 
     t0 = time.perf_counter()
     seg_prob, target = _with_cpu_fallback(lambda dev: _segment(bundle, seg_input, dev), target, notes)
     timings["segment infection"] = time.perf_counter() - t0
-    yield 3, STAGES[3]
+    yield Progress(STAGES[3], 4, len(STAGES))
 
     t0 = time.perf_counter()
     infection, lungs = _infection_on_scan(seg_prob, seg_grid, lungs)
     timings["map back"] = time.perf_counter() - t0
     timings["total"] = sum(timings.values())
-    yield 4, STAGES[4]
+    yield Progress(STAGES[4], 5, len(STAGES))
 
     return _assemble(volume, bundle, lungs, infection, cls_grid, explanations, timings, target, notes)
 

@@ -259,7 +259,7 @@ class DiagnoseWidget(QWidget):
             steps = diagnose_steps(volume, bundle, device)
             while True:  # re-yield (index, stage) as the stage name, for the progress display
                 try:
-                    _index, stage = next(steps)
+                    stage = next(steps).phase
                 except StopIteration as done:
                     return done.value
                 yield stage
