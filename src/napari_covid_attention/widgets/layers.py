@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from napari.utils.colormaps import Colormap
 
 MAP_TITLES = {"attention": "attention", "gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++"}
-MASK_KINDS = ("lung_mask", "infection_mask")
 LUNG_COLORS = {RIGHT_LUNG: "#33d6ff", LEFT_LUNG: "#ffd633"}
 INFECTION_COLOR = "#ff3030"
 # Saliency below this fraction of its scan's peak fades to nothing: a map is normalised
