@@ -11,8 +11,9 @@ from napari_covid_attention.annotations import AnnotationStore
 from napari_covid_attention.data.synthetic import generate_phantom
 from napari_covid_attention.diagnosis import diagnose
 from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.explain.localization import localization_scores
 from napari_covid_attention.jobs import run_to_end
-from napari_covid_attention.models.bundle import load_bundle
+from napari_covid_attention.models.bundle import BundleError, load_bundle
 from napari_covid_attention.models.registry import current_bundle, list_bundles, rollback
 from napari_covid_attention.training import finetune as finetune_module
 from napari_covid_attention.training.finetune import FinetuneConfig, decide, finetune
@@ -140,7 +141,7 @@ def test_rollback_makes_the_parent_current_again(corrected_store, tiny_bundle, t
     monkeypatch.setattr("napari_covid_attention.models.registry.user_bundles_dir", lambda: registry)
     result, _ = _run(finetune(_config(corrected_store, registry, tiny_bundle, segmenter_epochs=1, tolerance=1.0)))
     assert result.promoted and current_bundle("tiny-test", registry) == result.bundle_path
-    with pytest.raises(Exception, match="no version 0.0.1"):
+    with pytest.raises(BundleError, match="tiny-test has no version 0.0.1"):
         rollback("tiny-test", registry)  # the parent lives outside this registry
     titles = [b.title for b in list_bundles(registry) if b.name == "tiny-test"]
     assert any("0.1.0 (current)" in t for t in titles)
@@ -152,8 +153,29 @@ def test_too_few_reviewed_cases_is_a_clear_error(tmp_path, tiny_bundle):
         _run(finetune(_config(tmp_path / "empty", tmp_path / "bundles", tiny_bundle)))
 
 
-def test_scores_are_numbers(corrected_store, tiny_bundle):
-    assert np.isfinite(load_bundle(tiny_bundle).members[0].weight)
+def test_localization_scores_have_their_ranges_and_favour_maps_in_the_mask(tiny_bundle):
+    """Every map of a diagnosis scores in range; a map on the lesion beats one beside it."""
+    phantom = generate_phantom(101, label="COVID-19", shape=(32, 64, 64))
+    diagnosis = diagnose(phantom.volume, load_bundle(tiny_bundle), "cpu")
+    scores = diagnosis.localization(phantom.infection_mask)
+    assert set(scores) == {"attention", "gradcam", "gradcam_pp"}
+    for name, score in scores.items():
+        assert score is not None, name
+        assert 0.0 <= score.energy_inside <= 1.0 and 0.0 <= score.map_auc <= 1.0
+        assert isinstance(score.pointing_game, bool)
+
+    mask = np.zeros((16, 32, 32), bool)
+    mask[4:10, 6:14, 6:14] = True
+    z, y, x = np.indices(mask.shape)
+
+    def blob(centre):
+        return np.exp(-((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) / 6.0)
+
+    inside = localization_scores(blob((7, 10, 10)), mask)
+    outside = localization_scores(blob((7, 24, 24)), mask)
+    assert inside.pointing_game and not outside.pointing_game
+    assert inside.energy_inside > 0.5 > outside.energy_inside
+    assert inside.map_auc > 0.9 and outside.map_auc < 0.5
 
 
 @pytest.mark.slow
