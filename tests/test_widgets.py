@@ -82,7 +82,7 @@ def test_diagnose_adds_layers_on_the_ct_geometry(widget_viewer, phantom, tiny_bu
     assert f"{100 * expected.probabilities['COVID-19']:.1f} %" in card
     assert f"{expected.infection_volume_ml:.1f} mL" in card
     assert "not for clinical use" in card
-    assert widget.scores.rowCount() in (0, 3)
+    qtbot.waitUntil(lambda: widget.scores.rowCount() == 3, timeout=30_000)  # one row per map, filled by a worker
     # re-run: same number of layers, plugin layers replaced
     count = len(viewer.layers)
     widget.run_diagnosis(threaded=False)
@@ -107,14 +107,23 @@ def test_scores_follow_mask_edits(widget_viewer, qtbot):
     widget.run_diagnosis(threaded=False)
     ct = viewer.layers["ct"]
     mask_layer = ops.layer_of_kind(viewer, ct, "infection_mask")
-    diagnosis = widget.current_result()[0]
-    peak_z = int(np.argmax(diagnosis.maps["attention"].values.max(axis=(1, 2))))
+    def table():
+        return [[widget.scores.item(r, c).text() for c in range(4)] for r in range(widget.scores.rowCount())]
+
+    before = table()
+    assert len(before) == 3
+    mid = ct.data.shape[0] // 2
     mask = np.zeros_like(mask_layer.data)
-    mask[ct.data.shape[0] // 2 - 3 : ct.data.shape[0] // 2 + 3, 30:50, 20:40] = 1
+    mask[mid - 3 : mid + 3, 30:50, 20:40] = 1
     mask_layer.data = mask
-    qtbot.waitUntil(lambda: widget.scores.rowCount() == 3, timeout=5000)
-    assert widget.scores.item(0, 0).text() == "attention"
-    assert peak_z >= 0
+    qtbot.waitUntil(lambda: table() != before, timeout=5000)
+    on_right = table()
+    assert on_right[0][0] == "attention" and len(on_right) == 3
+    assert all(cell != "–" for row in on_right for cell in row[1:])  # a mask in the lung: every map is scored
+    mask = np.zeros_like(mask_layer.data)
+    mask[mid - 3 : mid + 3, 30:50, 45:65] = 1  # the other lung
+    mask_layer.data = mask
+    qtbot.waitUntil(lambda: table() != on_right, timeout=5000)
 
 
 def test_bad_layer_gives_a_message_not_a_traceback(widget_viewer, monkeypatch):
