@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_covid_attention.training.metrics import binary_metrics, bootstrap_ci, roc_curve
+from napari_covid_attention.training.metrics import (
+    NLL_FLOOR,
+    binary_metrics,
+    bootstrap_ci,
+    dice,
+    nll,
+    roc_curve,
+)
 from napari_covid_attention.training.trainer import choose_ensemble_weights
 
 
@@ -50,3 +57,32 @@ def test_ensemble_weights_prefer_the_better_member_and_even_split_on_ties():
     assert weights[1] > weights[0] and auc == 1.0
     tie, _ = choose_ensemble_weights([good, good], labels)
     assert tie == [0.5, 0.5]
+
+
+def test_dice_on_known_masks():
+    reference = np.zeros((4, 4), bool)
+    reference[:2] = True  # 8 voxels
+    predicted = np.zeros((4, 4), bool)
+    predicted[1:3] = True  # 8 voxels, 4 shared
+    assert dice(reference, predicted) == pytest.approx(2 * 4 / 16)
+    assert dice(reference, reference) == 1.0
+    assert dice(reference, ~reference) == 0.0
+
+
+def test_dice_counts_label_masks_by_their_foreground_and_empty_agrees_with_empty():
+    """The annotation store's label masks (0 / 1 / 2) and boolean masks score alike."""
+    labels = np.array([0, 2, 1, 0, 0], np.uint8)
+    assert dice(labels, labels > 0) == 1.0
+    assert dice(labels, np.array([0, 1, 0, 0, 0])) == pytest.approx(2 * 1 / 3)
+    assert dice(np.zeros(5), np.zeros(5, bool)) == 1.0  # a clean scan left clean is right
+    assert dice(np.zeros(5), labels) == 0.0
+
+
+def test_nll_on_known_probabilities():
+    # P(COVID-19) per case; labels 0 = COVID-19, 1 = CAP: true-class probabilities 0.8, 0.5, 0.9
+    prob = np.array([0.8, 0.5, 0.1])
+    labels = np.array([0, 1, 1])
+    assert nll(prob, labels) == pytest.approx(-(np.log(0.8) + np.log(0.5) + np.log(0.9)) / 3)
+    assert nll(np.array([1.0]), np.array([1])) == pytest.approx(-np.log(NLL_FLOOR))  # floored, not infinite
+    assert nll(np.array([1.0, 0.0]), np.array([0, 1])) == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(nll(np.zeros(0), np.zeros(0, int)))

@@ -61,19 +61,13 @@ from napari_covid_attention.atomic import fsync_dir
 from napari_covid_attention.io.nifti import save_nifti
 from napari_covid_attention.io.volume import CTVolume
 from napari_covid_attention.paths import data_home
+from napari_covid_attention.training.metrics import dice as foreground_dice  # one Dice everywhere
 
 MAX_TEXT = 500  # names, labels and notes are short; a pasted document is a mistake
 
 
 def default_root() -> Path:
     return data_home() / "annotations"
-
-
-def foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of the foregrounds (label > 0); two empty masks agree perfectly (1.0)."""
-    fa, fb = a > 0, b > 0
-    total = int(np.count_nonzero(fa)) + int(np.count_nonzero(fb))
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(fa & fb)) / total
 
 
 class AnnotationStore:

@@ -10,13 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
-from monai.metrics import compute_roc_auc
 
 METRIC_NAMES = ("auc", "accuracy", "sensitivity", "specificity", "f1_covid", "f1_cap", "macro_f1")
 
 
 def roc_auc(prob_positive: np.ndarray, is_positive: np.ndarray) -> float:
+    """ROC AUC; NaN when only one class is present.
+
+    torch and MONAI are imported here, not at the top: the annotation store uses this
+    module's :func:`dice` and must stay light to import.
+    """
+    import torch
+    from monai.metrics import compute_roc_auc
+
     if is_positive.min() == is_positive.max():
         return float("nan")
     return float(compute_roc_auc(torch.as_tensor(prob_positive, dtype=torch.float64), torch.as_tensor(is_positive, dtype=torch.float64)))
@@ -126,10 +132,31 @@ def slice_detection_counts(reference: np.ndarray, predicted: np.ndarray, pixel_a
 
 
 def dice(reference: np.ndarray, predicted: np.ndarray) -> float:
-    """Dice of two binary masks; 1 when both are empty."""
-    reference, predicted = np.asarray(reference, bool), np.asarray(predicted, bool)
+    """Dice of the foregrounds (value > 0) of two masks, boolean or label.
+
+    Two empty masks agree perfectly (1.0): a scan without infection that the model (or an
+    annotator) leaves empty is a correct answer, not an undefined one. Every Dice in the
+    package (validation, evaluation, fine-tuning, the annotation store) is this one.
+    """
+    reference, predicted = np.asarray(reference) > 0, np.asarray(predicted) > 0
     denom = int(np.count_nonzero(reference)) + int(np.count_nonzero(predicted))
     return 1.0 if denom == 0 else 2.0 * int(np.count_nonzero(reference & predicted)) / denom
+
+
+NLL_FLOOR = 1e-7  # one confident mistake costs -log(1e-7) = 16 nats, not infinity
+
+
+def nll(prob_covid: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood (log loss) of the true classes, given P(class 0) per case.
+
+    Labels are 0 (COVID-19) or 1 (CAP); the probability of the true class is floored at
+    :data:`NLL_FLOOR`. NaN when there is no case (nothing to score, not a perfect score).
+    """
+    prob_covid, labels = np.asarray(prob_covid, dtype=float), np.asarray(labels)
+    if labels.size == 0:
+        return float("nan")
+    p_true = np.clip(np.where(labels == 0, prob_covid, 1.0 - prob_covid), NLL_FLOOR, 1.0)
+    return float(-np.mean(np.log(p_true)))
 
 
 def _safe(num: float, den: float) -> float:
