@@ -66,10 +66,6 @@ class Phantom:
     infection_fraction: float
     seed: int
 
-    @property
-    def label_index(self) -> int:
-        return CLASS_NAMES.index(self.label)
-
 
 def generate_phantom(
     seed: int,

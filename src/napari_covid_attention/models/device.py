@@ -52,15 +52,30 @@ def describe(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype on ``device``: bf16 (or fp16 on older GPUs) on CUDA, None elsewhere."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device) -> Iterator[None]:
     """bf16 (or fp16) mixed precision on CUDA; full precision elsewhere."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        with torch.autocast("cuda", dtype=dtype):
+    dtype = mixed_precision_dtype(device)
+    if dtype is not None:
+        with torch.autocast(device.type, dtype=dtype):
             yield
     else:
         yield
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
+    """A loss scaler where :func:`autocast` runs fp16: small fp16 gradients underflow to zero
+    without one. bf16 has fp32's range and full precision needs none (None)."""
+    if mixed_precision_dtype(device) == torch.float16:
+        return torch.amp.GradScaler(device.type)
+    return None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -68,14 +83,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def cpu_thread_count() -> int:
-    """Threads torch should use: the cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS / Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def _mps_available() -> bool:

@@ -147,7 +147,3 @@ def _set_first_block_stride(stage: nn.Sequential, stride: int) -> None:
     block.conv1.stride = (stride,) * 3
     if block.downsample is not None:
         block.downsample[0].stride = (stride,) * 3
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
