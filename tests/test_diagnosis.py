@@ -88,7 +88,7 @@ def test_not_a_chest_ct_is_refused(tiny_bundle):
 def test_cli_diagnose_writes_results_and_maps_on_the_source_grid(tiny_dataset, tiny_bundle, tmp_path):
     image = tiny_dataset.parent / "images" / "case_0000.nii.gz"
     out = tmp_path / "out"
-    assert main(["diagnose", str(image), str(tmp_path / "missing.nii.gz"), "--bundle", str(tiny_bundle), "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["diagnose", str(image), str(tmp_path / "missing.nii.gz"), "--bundle", str(tiny_bundle), "--out", str(out), "--device", "cpu"]) == 2  # one input failed
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["status"] for r in rows] == ["ok", "error"]
     assert "does not exist" in rows[1]["error"]

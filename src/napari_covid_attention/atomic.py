@@ -2,7 +2,9 @@
 
 A temporary file in the target's folder is written, flushed to disk, renamed over the
 target, and the folder itself is synced, so a crash at any moment leaves either the old
-file or the new one.
+file or the new one. The rename replaces a symbolic link at the target itself: a link is
+never followed to overwrite a file elsewhere. The file gets the mode a plain ``open()``
+would give it (0666 less the umask), not ``mkstemp``'s private 0600.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,9 +30,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix if suffix is not None else "".join(target.suffixes), dir=target.parent)
-    os.close(fd)
-    temp = Path(name)
+    temp = _create_temp(target.parent, suffix if suffix is not None else "".join(target.suffixes))
     try:
         yield temp
         with open(temp, "rb+") as handle:
@@ -40,6 +40,21 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         temp.unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
+
+
+def _create_temp(folder: Path, suffix: str) -> Path:
+    """A new empty file in ``folder``, created exclusively (never through an existing link)
+    with mode 0666 so that the umask decides, as for any file the user's tools write."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        temp = folder / f"{TEMP_PREFIX}{secrets.token_hex(6)}{suffix}"
+        try:
+            fd = os.open(temp, flags, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return temp
+    raise FileExistsError(f"no free temporary file name in {folder}")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

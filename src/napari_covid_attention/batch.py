@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import csv
-import json
+import logging
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from napari_covid_attention.atomic import write_csv_atomic, write_json_atomic
 from napari_covid_attention.diagnosis import MAP_NAMES, Diagnosis, diagnose
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io.load import load_ct
-from napari_covid_attention.io.nifti import save_nifti
+from napari_covid_attention.io.nifti import is_nifti_path, save_nifti
 from napari_covid_attention.io.volume import CTVolume
 from napari_covid_attention.models.bundle import load_bundle
 from napari_covid_attention.models.registry import resolve_bundle
 
 WARNING_SEPARATOR = " | "  # between a scan's warnings in results.csv (each is one sentence)
+RESULTS_NAME = "results.csv"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # spreadsheets run such cells as formulas
+
+log = logging.getLogger(__name__)
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -45,31 +51,62 @@ def diagnose_many(
     device: str = "auto",
     write_maps: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Diagnose every scan; a scan that cannot be read is reported in the CSV, not fatal.
+    """Diagnose every scan; a scan that cannot be read or diagnosed is a row of the CSV, not fatal.
 
-    Writes ``results.csv`` (one row per scan: the finding first, "No pneumonia detected" or
-    the more likely class; then the classifier's ``predicted`` class and probabilities) and,
-    per scan, a folder with ``summary.json`` and the lung and infection masks and the three
-    maps as NIfTI on the scan's own voxel grid.
+    Writes ``results.csv`` (one row per scan: ``status`` ok or error with a one-sentence
+    ``error``; the finding first, "No pneumonia detected" or the more likely class; then the
+    classifier's ``predicted`` class and probabilities) and, per scan, a folder with
+    ``summary.json`` and the lung and infection masks and the three maps as NIfTI on the
+    scan's own voxel grid. The CSV is rewritten atomically after every scan, so an
+    interrupted run leaves a complete table of the scans done so far.
+
+    An existing ``results.csv`` in ``out_dir`` is replaced only with ``overwrite``. Nothing is
+    written through a symbolic link: ``out_dir`` and its per-scan folders must not be links,
+    and output files that are links are replaced by files (the link's target is untouched).
     """
     scans = expand_inputs(inputs)
-    out = Path(out_dir).resolve()
+    out = _output_folder(out_dir)
     _refuse_inside_inputs(out, scans)
+    table = out / RESULTS_NAME
+    if os.path.lexists(table) and not overwrite:
+        raise UserFacingError(f"{table} already exists; pass --overwrite to replace it, or choose another --out.")
     model = load_bundle(resolve_bundle(bundle))
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserFacingError(f"Cannot create the output folder {out} ({exc.strerror or exc}).") from exc
+    rows: list[dict] = []
+    _write_table(table, rows)  # an earlier run's results never pass for this run's
     for index, scan in enumerate(scans):
         rows.append(_diagnose_one(index, scan, out, model, device, write_maps))
+        _write_table(table, rows)
         if progress:
             progress(index + 1, len(scans))
-    table = out / "results.csv"
-    fields = sorted({key for row in rows for key in row}, key=_column_order)
-    with open(table, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
     return table
+
+
+def count_failed(table: str | Path) -> tuple[int, int]:
+    """(scans whose status is not ok, all scans) in a results CSV written by :func:`diagnose_many`."""
+    with open(table, newline="", encoding="utf-8") as handle:
+        statuses = [row.get("status") for row in csv.DictReader(handle)]
+    return sum(status != "ok" for status in statuses), len(statuses)
+
+
+def _write_table(table: Path, rows: Sequence[dict]) -> None:
+    fields = sorted({key for row in rows for key in row} | {"input", "status", "error"}, key=_column_order)
+    try:
+        write_csv_atomic(table, [{k: _cell(v) for k, v in row.items()} for row in rows], fields)
+    except OSError as exc:
+        raise UserFacingError(f"Cannot write {table} ({exc.strerror or exc}).") from exc
+
+
+def _cell(value):
+    """A string a spreadsheet would run as a formula (=, +, -, @, tab, CR first) is quoted."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _diagnose_one(index: int, scan: Path, out: Path, model, device: str, write_maps: bool) -> dict:
@@ -78,16 +115,32 @@ def _diagnose_one(index: int, scan: Path, out: Path, model, device: str, write_m
     try:
         volume = load_ct(scan)
         result = diagnose(volume, model, device)
+        row.update(status="ok", **_result_columns(result))
+        if write_maps:
+            folder = _case_folder(out, f"{index:04d}_{_safe_name(scan)}")
+            _write_case(folder, volume, result)
+            row["outputs"] = str(folder)
     except UserFacingError as exc:
-        row.update(status="error", error=str(exc))
-        return row
-    row.update(status="ok", **_result_columns(result))
-    if write_maps:
-        folder = out / f"{index:04d}_{_safe_name(scan)}"
-        _write_case(folder, volume, result)
-        row["outputs"] = str(folder)
+        row.update(status="error", error=_one_line(str(exc)))
+    except OSError as exc:  # the maps could not be written (disk full, permissions)
+        log.error("The outputs of %s could not be written", scan, exc_info=True)
+        row.update(status="error", error=f"The outputs could not be written ({_detail(exc)}).")
+    except Exception as exc:  # a bug or MemoryError: this scan fails, the batch goes on
+        log.error("%s could not be diagnosed", scan, exc_info=True)
+        row.update(status="error", error=f"The scan could not be diagnosed ({_detail(exc)}).")
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _detail(exc: BaseException) -> str:
+    """``Type: first line of the message`` (or just the type), short enough for a CSV cell."""
+    lines = str(exc).strip().splitlines()
+    message = lines[0].strip().rstrip(".")[:160] if lines else ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _result_columns(result: Diagnosis) -> dict:
@@ -113,18 +166,48 @@ def _result_columns(result: Diagnosis) -> dict:
 
 
 def _write_case(folder: Path, volume: CTVolume, result: Diagnosis) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     ornt = volume.source_ornt
     save_nifti(folder / "lung_mask.nii.gz", result.lung_mask, volume.affine, source_ornt=ornt)
     save_nifti(folder / "infection_mask.nii.gz", result.infection_mask, volume.affine, source_ornt=ornt)
     for name in MAP_NAMES:
         save_nifti(folder / f"{name}.nii.gz", result.map_on_scan(name), volume.affine, source_ornt=ornt)
-    (folder / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+    write_json_atomic(folder / "summary.json", result.summary())
+
+
+def _output_folder(out_dir: str | Path) -> Path:
+    """The resolved output folder; a symbolic link as --out is refused (it leads elsewhere)."""
+    given = Path(out_dir).absolute()
+    if given.is_symlink():
+        raise UserFacingError(f"The output folder {given} is a symbolic link; give the folder itself or another --out.")
+    if given.exists() and not given.is_dir():
+        raise UserFacingError(f"The output folder {given} is a file; choose another --out.")
+    return given.resolve()
+
+
+def _case_folder(out: Path, name: str) -> Path:
+    """A scan's output folder in ``out``: created, never a link, resolving inside ``out``."""
+    folder = out / name
+    if folder.is_symlink():
+        raise UserFacingError(f"{name} in the output folder is a symbolic link; remove it or choose another --out.")
+    folder.mkdir(exist_ok=True)
+    if folder.resolve().parent != out.resolve():
+        raise UserFacingError(f"{name} in the output folder leads outside it; remove it or choose another --out.")
+    return folder
+
+
+def _input_folders(scans: Sequence[Path]):
+    """Folders given as input, and the folder of each input file that is not NIfTI or CSV
+    (a .dcm/.ima file or a DICOMDIR: its folder is the DICOM series)."""
+    for scan in scans:
+        if scan.is_dir():
+            yield scan
+        elif scan.is_file() and not is_nifti_path(scan) and scan.suffix.lower() != ".csv":
+            yield scan.parent
 
 
 def _refuse_inside_inputs(out: Path, scans: Sequence[Path]) -> None:
     """Never write into a scan folder given as input (a DICOM folder must stay as it came)."""
-    for folder in (s for s in scans if s.is_dir()):
+    for folder in _input_folders(scans):
         if out == folder or folder in out.parents:
             raise UserFacingError(f"The output folder {out} is inside the input folder {folder}; choose another --out.")
 

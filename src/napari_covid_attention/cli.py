@@ -180,14 +180,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from napari_covid_attention.batch import diagnose_many
+    from napari_covid_attention.batch import count_failed, diagnose_many
 
     progress, close = _tqdm_progress("diagnosing")
     try:
-        table = diagnose_many(args.inputs, args.out, bundle=args.bundle, device=args.device, write_maps=not args.no_maps, progress=progress)
+        table = diagnose_many(
+            args.inputs, args.out, bundle=args.bundle, device=args.device, write_maps=not args.no_maps,
+            progress=progress, overwrite=args.overwrite,
+        )
     finally:
         close()
     print(f"results: {table}")
+    failed, total = count_failed(table)
+    if failed:
+        print(f"error: {failed} of {total} scans could not be diagnosed; see the error column of {table}.", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -264,12 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--bundle", default=None, help="bundle folder or name (default: the built-in demo)")
     demo.set_defaults(func=_cmd_demo)
 
-    diag = sub.add_parser("diagnose", help="diagnose scans (files, DICOM folders or a CSV of paths) and write results")
+    diag = sub.add_parser(
+        "diagnose",
+        help="diagnose scans (files, DICOM folders or a CSV of paths) and write results",
+        description="Every input gets a row in --out/results.csv (status ok or error, with the reason); the table "
+        "is rewritten after each scan. Exit code 0 when every scan was diagnosed, 2 when any failed or the "
+        "inputs or --out are unusable. --out must not be a symbolic link, nor a DICOM input's folder.",
+    )
     diag.add_argument("inputs", nargs="+", type=Path, help="NIfTI files, DICOM folders/files, or CSV files with an 'image' column")
     diag.add_argument("--out", type=Path, default=Path("diagnosis-output"), help="output folder (never beside the inputs)")
     diag.add_argument("--bundle", default=None, help="bundle folder or name (default: the built-in demo)")
     diag.add_argument("--device", default="auto", help="auto, cpu, cuda:N or mps")
     diag.add_argument("--no-maps", action="store_true", help="write only the results CSV, no NIfTI maps and masks")
+    diag.add_argument("--overwrite", action="store_true", help="replace an earlier run's results.csv (and same-named scan folders) in --out")
     diag.set_defaults(func=_cmd_diagnose)
 
     train = sub.add_parser("train", help="train a bundle (dual sampling, attention loss, segmenter, ensemble)")
