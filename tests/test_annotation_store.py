@@ -383,7 +383,7 @@ def test_no_patient_identifier_reaches_any_stored_or_exported_byte(tmp_path) -> 
     root = tmp_path / "store"
     store = AnnotationStore(root)
     case = store.open_case(volume)
-    assert case.source_name == "series"
+    assert case.source_name == f"DICOM series {volume.identity[:8]}"  # not the folder's name
     mask = (volume.hu > 0).astype(np.uint8)
     store.set_original(case.id, mask, model="demo")
     store.save_version(case.id, edited(mask, 1), annotator="ann", note="fixed the apex")

@@ -101,11 +101,12 @@ class AnnotationStore:
     def open_case(self, volume: CTVolume, *, source_name: str | None = None) -> Case:
         """The case of this scan, created on first use with the scan's geometry.
 
-        ``source_name`` defaults to the file or folder *name* the scan was read from (never
-        the full path, whose parent folders often carry patient names); it is recorded when
-        the case is created. No DICOM metadata is stored.
+        ``source_name`` defaults to a neutral description such as "DICOM series 3fa2b1c0"
+        (the kind of source and the start of the scan's identity), never a file or folder
+        name: folders and files are often named after the patient. It is recorded when the
+        case is created. No DICOM metadata is stored.
         """
-        name = _file_name(volume.source_path) if source_name is None else source_name
+        name = _source_description(volume) if source_name is None else source_name
         ornt = volume.source_ornt
         row = (
             volume.identity,
@@ -440,11 +441,11 @@ def _text(value: str, what: str, *, empty: bool = False) -> str:
     return text
 
 
-def _file_name(source_path: str | None) -> str | None:
-    """Only the last path component: parent folders often carry patient names."""
-    if not source_path:
-        return None
-    return Path(source_path).name or None
+def _source_description(volume: CTVolume) -> str:
+    """The kind of source ("DICOM series", "NIfTI file" or "scan") and 8 hex digits of the voxel
+    identity to tell cases apart: nothing of the path (often a patient's name) nor of the header."""
+    kind = {"DICOM": "DICOM series", "NIfTI": "NIfTI file"}.get(volume.metadata.get("format"), "scan")
+    return f"{kind} {volume.identity[:8]}"
 
 
 def _now() -> str:
