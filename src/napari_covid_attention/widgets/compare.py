@@ -3,14 +3,18 @@
 napari's grid puts every ``stride`` consecutive layers into one view box, all sharing the
 dims and the camera, so slices and zoom stay linked. Each box holds [CT, map, infection
 mask]: the CT and the mask are added again as extra layers over the *same* arrays (no
-copy), so an edit of the infection mask shows in every box. Entering hides and moves the
-other layers; leaving removes the extra layers and restores order, visibility and grid
-settings exactly.
+copy), so an edit of the infection mask shows in every box. Each box is titled with its
+map's name ("attention", "Grad-CAM", "Grad-CAM++") by a text overlay on the box's map
+layer. Entering hides and moves the other layers and fits the camera to the grid;
+:meth:`CompareView.set_maps` switches the panels in place; leaving removes the extra
+layers and the titles and restores order, visibility, grid settings and camera exactly.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING
 
 from napari_covid_attention.widgets.layers import MAP_TITLES, layer_of_kind
@@ -20,6 +24,8 @@ if TYPE_CHECKING:
     from napari.layers import Layer
 
 STRIDE = 3  # CT, map, infection mask per view box
+TITLE_KEY = "covid_attention_title"  # the key of a panel title in a map layer's overlays
+TITLE_FONT_SIZE = 14
 
 
 def grid_of(viewer: ViewerModel):
@@ -28,11 +34,71 @@ def grid_of(viewer: ViewerModel):
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
+def camera_of(viewer: ViewerModel):
+    """The camera: ``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def panel_title(layer: Layer) -> str | None:
+    """The title shown over the view box of ``layer`` (None if it has none)."""
+    overlays = getattr(layer, "_overlays", {})
+    if TITLE_KEY in overlays:
+        return overlays[TITLE_KEY].text
+    return None
+
+
+@cache
+def _panel_title_type() -> type:
+    """A text overlay that lives in one layer's grid view box.
+
+    napari 0.9 draws a layer's canvas overlays in that layer's view box, but its only
+    per-layer text overlay shows the layer name (too long here: "<scan> · Grad-CAM++"),
+    and a plain ``TextOverlay`` has no per-layer visual. This subclass gets one: the text
+    overlay's visual with napari's layer-overlay mixin (registered by
+    :func:`_register_title_visual` once a canvas is around).
+    """
+    from napari.components.overlays import TextOverlay
+
+    class PanelTitle(TextOverlay):
+        """The title of one side-by-side panel."""
+
+    return PanelTitle
+
+
+def _register_title_visual() -> bool:
+    """Teach a running vispy canvas to draw :func:`_panel_title_type`; False where it cannot.
+
+    Without a canvas (``ViewerModel``) there is nothing to draw and this returns True
+    without importing vispy or Qt.
+    """
+    if "napari._vispy.utils.visual" not in sys.modules:
+        return True
+    try:
+        from napari._vispy.overlays.base import LayerOverlayMixin
+        from napari._vispy.overlays.text import VispyTextOverlay
+        from napari._vispy.utils import visual
+    except ImportError:  # pragma: no cover - another napari layout
+        return False
+    registry = getattr(visual, "overlay_to_visual", None)
+    if not isinstance(registry, dict):  # pragma: no cover - another napari layout
+        return False
+    title_type = _panel_title_type()
+    if title_type not in registry:
+
+        class VispyPanelTitle(LayerOverlayMixin, VispyTextOverlay):
+            """A text overlay's visual in its layer's view box."""
+
+        registry[title_type] = VispyPanelTitle
+    return True
+
+
 @dataclass
 class _Saved:
     order: list
     visible: dict
     grid: tuple
+    camera: dict
 
 
 @dataclass
@@ -42,27 +108,89 @@ class CompareView:
     viewer: ViewerModel
     added: list = field(default_factory=list)
     boxes: list = field(default_factory=list)  # (map name, [layers of the box])
+    maps: tuple = ()
     _saved: _Saved | None = None
+    _ct: Layer | None = None
+    _titled: list = field(default_factory=list)  # map layers given a title overlay
+    _named: dict = field(default_factory=dict)  # fallback titles: layer -> its name overlay state
 
     @property
     def active(self) -> bool:
         return self._saved is not None
 
     def enter(self, ct_layer: Layer, maps: tuple[str, ...] = ("attention", "gradcam")) -> None:
+        """Show one panel per map, side by side, fitted to the canvas."""
         if self.active:
             self.exit()
         viewer = self.viewer
-        infection = layer_of_kind(viewer, ct_layer, "infection_mask")
-        map_layers = [layer_of_kind(viewer, ct_layer, name) for name in maps]
-        if any(layer is None for layer in map_layers):
-            raise ValueError("diagnose the scan before comparing its maps")
+        self._check_maps(ct_layer, maps)
+        camera = camera_of(viewer)
         self._saved = _Saved(
             order=list(viewer.layers),
             visible={id(layer): layer.visible for layer in viewer.layers},
             grid=(grid_of(viewer).enabled, grid_of(viewer).stride, grid_of(viewer).shape),
+            camera={"center": tuple(camera.center), "zoom": camera.zoom, "angles": tuple(camera.angles)},
         )
+        self._ct = ct_layer
+        self._build(maps)
+        viewer.reset_view()
+        viewer.layers.selection.active = ct_layer
+
+    def set_maps(self, maps: tuple[str, ...]) -> None:
+        """Switch the panels (e.g. add or drop Grad-CAM++) while active, keeping slice and zoom.
+
+        Does nothing while the view is off: :meth:`enter` takes the maps then.
+        """
+        maps = tuple(maps)
+        if not self.active or maps == self.maps:
+            return
+        viewer = self.viewer
+        self._check_maps(self._ct, maps)
+        point = tuple(viewer.dims.point)
+        camera = camera_of(viewer)
+        center, zoom = tuple(camera.center), camera.zoom
+        active = viewer.layers.selection.active
+        self._teardown()
+        self._build(maps)
+        viewer.dims.point = point
+        camera.center, camera.zoom = center, zoom
+        if active in viewer.layers:
+            viewer.layers.selection.active = active
+
+    def exit(self) -> None:
+        """Back to the single view as it was before :meth:`enter`: layers, grid and camera."""
+        if self._saved is None:
+            return
+        viewer, saved = self.viewer, self._saved
+        self._teardown()
+        for target, layer in enumerate(kept for kept in saved.order if kept in viewer.layers):
+            viewer.layers.move(viewer.layers.index(layer), target)
+        for layer in viewer.layers:
+            layer.visible = saved.visible.get(id(layer), layer.visible)
+        grid = grid_of(viewer)
+        grid.enabled, grid.stride, grid.shape = saved.grid
+        camera = camera_of(viewer)
+        camera.angles = saved.camera["angles"]
+        camera.center = saved.camera["center"]
+        camera.zoom = saved.camera["zoom"]
+        self._saved, self._ct, self.maps = None, None, ()
+
+    def refresh_twins(self) -> None:
+        """Redraw the extra mask layers after the shared mask array was edited in place."""
+        for layer in self.added:
+            layer.refresh()
+
+    # ----- building and tearing down the panels ------------------------------------------
+    def _check_maps(self, ct_layer: Layer, maps: tuple[str, ...]) -> None:
+        if any(layer_of_kind(self.viewer, ct_layer, name) is None for name in maps):
+            raise ValueError("diagnose the scan before comparing its maps")
+
+    def _build(self, maps: tuple[str, ...]) -> None:
+        viewer, ct_layer = self.viewer, self._ct
+        infection = layer_of_kind(viewer, ct_layer, "infection_mask")
         self.boxes = []
-        for i, (name, map_layer) in enumerate(zip(maps, map_layers, strict=True)):
+        for i, name in enumerate(maps):
+            map_layer = layer_of_kind(viewer, ct_layer, name)
             ct = ct_layer if i == 0 else self._twin(ct_layer, f"{ct_layer.name} [{MAP_TITLES[name]}]")
             box = [ct, map_layer]
             if infection is not None:
@@ -78,28 +206,35 @@ class CompareView:
         grid.stride = STRIDE if infection is not None else 2
         grid.shape = (1, len(maps))
         grid.enabled = True
-        viewer.layers.selection.active = ct_layer
+        for name, box in self.boxes:
+            self._add_title(box[1], MAP_TITLES[name])
+        self.maps = tuple(maps)
 
-    def exit(self) -> None:
-        if self._saved is None:
-            return
-        viewer, saved = self.viewer, self._saved
+    def _teardown(self) -> None:
+        """Remove the titles and the extra layers (order and visibility are left as they are)."""
+        viewer = self.viewer
+        for layer in self._titled:
+            layer._overlays.pop(TITLE_KEY, None)
+        for layer, state in self._named.items():
+            layer.name_overlay.update(state)
+        self._titled, self._named = [], {}
         for layer in self.added:
             if layer in viewer.layers:
                 viewer.layers.remove(layer)
         self.added, self.boxes = [], []
-        for target, layer in enumerate(kept for kept in saved.order if kept in viewer.layers):
-            viewer.layers.move(viewer.layers.index(layer), target)
-        for layer in viewer.layers:
-            layer.visible = saved.visible.get(id(layer), layer.visible)
-        grid = grid_of(viewer)
-        grid.enabled, grid.stride, grid.shape = saved.grid
-        self._saved = None
 
-    def refresh_twins(self) -> None:
-        """Redraw the extra mask layers after the shared mask array was edited in place."""
-        for layer in self.added:
-            layer.refresh()
+    def _add_title(self, layer: Layer, title: str) -> None:
+        overlays = getattr(layer, "_overlays", None)
+        if overlays is not None and _register_title_visual():
+            overlays[TITLE_KEY] = _panel_title_type()(
+                text=title, position="top_center", font_size=TITLE_FONT_SIZE, color="white", box=True, visible=True
+            )
+            self._titled.append(layer)
+            return
+        # fallback (a napari whose overlays are laid out otherwise): the layer's own name
+        name_overlay = layer.name_overlay
+        self._named[layer] = {key: getattr(name_overlay, key) for key in ("visible", "position", "font_size")}
+        name_overlay.update({"visible": True, "position": "top_center", "font_size": TITLE_FONT_SIZE})
 
     def _twin(self, layer: Layer, name: str) -> Layer:
         """Another layer over the same data array, transform and display settings."""
