@@ -87,12 +87,14 @@ def save_nifti(
     affine: np.ndarray,
     *,
     source_ornt: np.ndarray | None = None,
+    intent: tuple[str, str] | None = None,
 ) -> Path:
     """Write a (z, y, x) array with its core affine as NIfTI, atomically.
 
     With ``source_ornt`` (from :attr:`CTVolume.source_ornt`) the array is put back on the
     source file's own voxel order, so the result overlays the original file voxel for
-    voxel in any tool. Booleans are written as uint8, floats as float32.
+    voxel in any tool. Booleans are written as uint8, floats as float32. ``intent`` is
+    the header's (NIfTI intent code, intent name), e.g. ``("label", ...)`` for masks.
     """
     path = Path(path)
     if array.ndim != 3:
@@ -109,6 +111,8 @@ def save_nifti(
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     img.header.set_xyzt_units(xyz="mm")
+    if intent is not None:
+        img.header.set_intent(intent[0], name=intent[1])
     with atomic_path(path) as temp:
         nib.save(img, str(temp))
     return path
