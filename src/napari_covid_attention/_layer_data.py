@@ -18,6 +18,12 @@ from napari_covid_attention.windows import DEFAULT_WINDOW, window_limits
 META_KEY = "covid_attention"
 LayerData = tuple[Any, dict, str]
 
+# Masks this plugin writes carry NIfTI intent "label" (NIFTI_INTENT_LABEL) with this name.
+LABELS_INTENT = ("label", "covid-attention")
+# An integer volume with at most this many distinct values, all in 0..255, is a mask: a
+# CT in HU always holds air (negative values) and hundreds of distinct values.
+MAX_GUESSED_LABELS = 16
+
 
 def geometry_meta(affine: np.ndarray, source_ornt: np.ndarray | None = None) -> dict:
     return {
@@ -64,6 +70,46 @@ def labels_layer_data(
         **layer_kwargs,
     }
     return mask, kwargs, "labels"
+
+
+def looks_like_labels(values: np.ndarray, source_dtype: Any, *, marked: bool = False) -> bool:
+    """Whether a loaded volume is a mask rather than a scan.
+
+    ``marked``: the file says so (NIfTI intent "label"); then any whole-numbered values
+    are labels. Otherwise only an integer file whose values are few (<= 16 distinct)
+    small non-negative numbers (<= 255) is taken as a mask.
+    """
+    values = np.asarray(values)
+    if values.size == 0:
+        return False
+    if marked:
+        return np.issubdtype(values.dtype, np.integer) or bool(np.all(values == np.round(values)))
+    if np.dtype(source_dtype).kind not in "biu" or not np.issubdtype(values.dtype, np.integer):
+        return False
+    if values.min() < 0 or values.max() > 255:
+        return False
+    counts = np.bincount(values.ravel(), minlength=256)
+    return int(np.count_nonzero(counts)) <= MAX_GUESSED_LABELS
+
+
+def label_array(values: np.ndarray) -> np.ndarray:
+    """Whole-numbered values as a labels array: uint8 when they fit, else int32."""
+    values = np.asarray(values)
+    if values.size and values.min() >= 0 and values.max() <= 255:
+        return values.astype(np.uint8, copy=False)
+    return values.astype(np.int32, copy=False)
+
+
+def mask_file_layer_data(volume: CTVolume, name: str) -> LayerData:
+    """Labels layer for a mask read from a file, on its file's geometry (same as the CT's)."""
+    return labels_layer_data(
+        label_array(volume.hu),
+        volume.affine,
+        name,
+        "mask",
+        source_ornt=volume.source_ornt,
+        extra_meta={"source_path": volume.source_path, "warnings": list(volume.warnings)},
+    )
 
 
 def plugin_meta(layer_metadata: dict) -> dict | None:

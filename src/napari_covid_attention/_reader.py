@@ -1,4 +1,9 @@
-"""npe2 reader: chest CT from NIfTI, a DICOM file, a DICOMDIR or a DICOM folder."""
+"""npe2 reader: chest CT from NIfTI, a DICOM file, a DICOMDIR or a DICOM folder.
+
+A NIfTI mask (one the plugin's writer saved, marked with the NIfTI intent "label", or
+any integer volume of a few small non-negative values) opens as a Labels layer on its
+file's geometry instead of as a CT.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from napari_covid_attention._layer_data import LayerData, ct_layer_data
+from napari_covid_attention._layer_data import (
+    LayerData,
+    ct_layer_data,
+    looks_like_labels,
+    mask_file_layer_data,
+)
 from napari_covid_attention.io.load import load_ct
 from napari_covid_attention.io.nifti import is_nifti_path
 from napari_covid_attention.io.volume import CTLoadError
@@ -35,6 +45,7 @@ def read_ct(path: str | list[str]) -> list[LayerData] | list:
     """Load the scan; problems are shown as one-sentence notifications, not tracebacks."""
     if isinstance(path, list):
         path = path[0]
+    header = _nifti_header(path) if is_nifti_path(path) else None
     try:
         volume = load_ct(path)
     except CTLoadError as exc:
@@ -42,7 +53,29 @@ def read_ct(path: str | list[str]) -> list[LayerData] | list:
         return _NOTHING
     for warning in volume.warnings:
         _notify_warning(warning)
-    return [ct_layer_data(volume, _display_name(Path(path)))]
+    name = _display_name(Path(path))
+    if header is not None and looks_like_labels(volume.hu, header.get_data_dtype(), marked=_marked_as_labels(header)):
+        return [mask_file_layer_data(volume, name)]
+    return [ct_layer_data(volume, name)]
+
+
+def _nifti_header(path: str | os.PathLike):
+    """The NIfTI header alone (nibabel reads the data lazily), or None if unreadable:
+    the loader then says what is wrong with the file."""
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+    except Exception:  # nibabel raises many types for damaged headers
+        return None
+    return header if isinstance(header, nib.Nifti1Header) else None  # Nifti2Header is a subclass
+
+
+def _marked_as_labels(header) -> bool:
+    try:
+        return header.get_intent()[0] == "label"
+    except Exception:  # an intent code nibabel does not know
+        return False
 
 
 def _display_name(path: Path) -> str:
