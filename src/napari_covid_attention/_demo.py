@@ -48,7 +48,7 @@ def _run(label: str, headless: bool, out_dir: Path, bundle: str | None) -> Path 
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "COVID-19 attention")
     if bundle is not None:
         widget.set_bundle(bundle)
-    widget.layer_combo.setCurrentText(ct_layer.name)
+    pick_scan(widget, ct_layer)
     if not headless:
         worker = widget.run_diagnosis()
         if worker is not None:
@@ -56,16 +56,20 @@ def _run(label: str, headless: bool, out_dir: Path, bundle: str | None) -> Path 
         napari.run()
         return None
 
-    diagnosis = widget.run_diagnosis(threaded=False)
-    if diagnosis is None:
+    settle(viewer)  # the hidden window gets its real canvas size: fit the scan to that
+    viewer.reset_view()
+    widget.run_diagnosis(threaded=False)
+    found = widget.current_result()  # (diagnosis, CT layer) of the scan just diagnosed
+    if found is None:
         raise UserFacingError("The demo diagnosis did not run; see the message above.")
+    diagnosis = found[0]
     widget.jump_to_infection()
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = [out_dir / "demo-diagnosis.png", out_dir / "demo-compare.png"]
-    _settle()
+    settle(viewer)
     viewer.screenshot(str(shots[0]), canvas_only=False)
     widget.compare_button.setChecked(True)
-    _settle()
+    settle(viewer)
     viewer.screenshot(str(shots[1]), canvas_only=False)
     widget.compare_button.setChecked(False)
 
@@ -113,12 +117,48 @@ def finding_line(diagnosis_summary: dict) -> str:
     return f"Pneumonia detected, most likely {diagnosis_summary['finding']} ({classes}; {burden}, threshold {threshold})"
 
 
-def _settle() -> None:
-    """Let Qt lay out and paint (the grid view boxes, the result card) before a screenshot."""
+def pick_scan(widget, layer) -> None:
+    """Choose ``layer`` as the dock widget's scan (its layer picker, or the older name combo)."""
+    if hasattr(widget, "layer_picker"):
+        widget.layer_picker.value = layer
+    else:
+        widget.layer_combo.setCurrentText(layer.name)
+
+
+def settle(viewer, rounds: int = 8) -> None:
+    """Lay out and draw the window, grid view boxes included, before a screenshot.
+
+    A window that was never shown gets its widgets' sizes only when it is grabbed, and
+    napari's canvas sizes the grid's view boxes (and fits their cameras) only on a draw:
+    a screenshot taken right after entering the side-by-side view drew one blocky,
+    zoomed-in panel through view boxes still 10 px wide. So the window is grabbed (which
+    lays it out and draws the canvas) and Qt's events are processed (the widget's
+    deferred camera fit, the overlays) until the canvas and its view boxes stop changing.
+    """
     from qtpy.QtWidgets import QApplication
 
-    for _ in range(10):
+    last = None
+    for _ in range(rounds):
         QApplication.processEvents()
+        viewer.window._qt_window.grab()
+        QApplication.processEvents()
+        state = _drawn_state(viewer)
+        if state == last:
+            return
+        last = state
+
+
+def _drawn_state(viewer) -> tuple:
+    """What a draw can still change: the canvas and view box sizes and the camera."""
+    from napari_covid_attention.widgets.compare import camera_of, grid_of
+
+    canvas = viewer.window._qt_viewer.canvas
+    views = [getattr(canvas, "view", None)]
+    if grid_of(viewer).enabled:
+        views = list(getattr(canvas, "grid_views", None) or views)
+    boxes = tuple(tuple(float(v) for v in view.rect.size) for view in views if view is not None)
+    camera = camera_of(viewer)
+    return tuple(canvas.size), boxes, float(camera.zoom), tuple(camera.center)
 
 
 def _has_screen() -> bool:

@@ -139,7 +139,10 @@ class CompareView:
     def set_maps(self, maps: tuple[str, ...]) -> None:
         """Switch the panels (e.g. add or drop Grad-CAM++) while active, keeping slice and zoom.
 
-        Does nothing while the view is off: :meth:`enter` takes the maps then.
+        The slice and the camera center stay as they are; the zoom stays the same relative
+        to the panels' fit (a third panel is narrower: a fitted view stays fitted instead of
+        being cropped, and a view zoomed in 2x on a lesion stays 2x). Does nothing while the
+        view is off: :meth:`enter` takes the maps then.
         """
         maps = tuple(maps)
         if not self.active or maps == self.maps:
@@ -148,12 +151,14 @@ class CompareView:
         self._check_maps(self._ct, maps)
         point = tuple(viewer.dims.point)
         camera = camera_of(viewer)
-        center, zoom = tuple(camera.center), camera.zoom
+        center, zoom, angles = tuple(camera.center), camera.zoom, tuple(camera.angles)
         active = viewer.layers.selection.active
+        old_fit = self._fit_zoom()
         self._teardown()
         self._build(maps)
+        new_fit = self._fit_zoom()
         viewer.dims.point = point
-        camera.center, camera.zoom = center, zoom
+        camera.angles, camera.center, camera.zoom = angles, center, zoom * new_fit / old_fit
         if active in viewer.layers:
             viewer.layers.selection.active = active
 
@@ -181,6 +186,11 @@ class CompareView:
             layer.refresh()
 
     # ----- building and tearing down the panels ------------------------------------------
+    def _fit_zoom(self) -> float:
+        """The zoom that fits the scan in one view box of the grid as it is now (moves the camera)."""
+        self.viewer.reset_view()
+        return camera_of(self.viewer).zoom
+
     def _check_maps(self, ct_layer: Layer, maps: tuple[str, ...]) -> None:
         if any(layer_of_kind(self.viewer, ct_layer, name) is None for name in maps):
             raise ValueError("diagnose the scan before comparing its maps")
