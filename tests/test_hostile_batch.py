@@ -343,3 +343,15 @@ def test_finetune_defaults_follow_the_dataclass(monkeypatch):
     monkeypatch.setattr(finetune, "finetune", fake)
     assert main(["finetune"]) == 0
     assert seen[0] == Finetune()
+
+
+def test_a_csv_list_that_is_not_text_or_has_short_rows_is_one_sentence(tmp_path, scans, fast, tiny_bundle, capsys):
+    binary = tmp_path / "list.csv"
+    binary.write_bytes(b"image\n\xff\xfe\x00bad\n")
+    assert cli([binary], tmp_path / "out", tiny_bundle) == 2
+    assert "not a readable CSV" in capsys.readouterr().err
+    (a,) = scans("a")
+    short = tmp_path / "short.csv"
+    short.write_text(f"label,image\nCAP\nCOVID-19,{a}\n")
+    assert cli([short], tmp_path / "out2", tiny_bundle) == 0
+    assert [r["status"] for r in rows_of(tmp_path / "out2")] == ["ok"]

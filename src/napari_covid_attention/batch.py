@@ -31,11 +31,15 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     scans: list[Path] = []
     for item in map(Path, inputs):
         if item.suffix.lower() == ".csv" and item.is_file():
-            with open(item, newline="") as handle:
-                reader = csv.DictReader(handle)
-                if "image" not in (reader.fieldnames or ()):
-                    raise UserFacingError(f"{item.name} has no 'image' column listing the scans.")
-                scans += [(item.parent / row["image"].strip()).resolve() for row in reader if row["image"].strip()]
+            try:
+                with open(item, newline="", encoding="utf-8-sig") as handle:
+                    reader = csv.DictReader(handle)
+                    if "image" not in (reader.fieldnames or ()):
+                        raise UserFacingError(f"{item.name} has no 'image' column listing the scans.")
+                    names = [(row.get("image") or "").strip() for row in reader]
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise UserFacingError(f"{item.name} is not a readable CSV list of scans ({type(exc).__name__}).") from exc
+            scans += [(item.parent / name).resolve() for name in names if name]
         else:
             scans.append(item.resolve())
     if not scans:
