@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,6 +13,83 @@ from pathlib import Path
 from napari_covid_attention import __version__
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.jobs import run_to_end
+
+TRAIN = "training.trainer:TrainConfig"
+PREPROCESS = "preprocess.pipeline:PreprocessConfig"
+CLASSIFIER = "models.dsanet:DSANetConfig"
+SEGMENTER = "models.segmenter:SegmenterConfig"
+LOSS = "training.losses:LossConfig"
+FINETUNE = "training.finetune:FinetuneConfig"
+EVALUATE = "training.evaluate:evaluate_bundle"
+SYNTH = "data.synthetic:write_dataset"
+INSERT = "data.lesion_insertion:write_inserted_dataset"
+
+
+def _owner(source: str):
+    """The dataclass or function ``module:name`` (under this package) whose defaults an option uses."""
+    module, name = source.split(":")
+    return getattr(importlib.import_module(f"napari_covid_attention.{module}"), name)
+
+
+def _config_default(source: str, field: str):
+    owner = _owner(source)
+    if dataclasses.is_dataclass(owner):
+        spec = owner.__dataclass_fields__[field]
+        if spec.default is not dataclasses.MISSING:
+            return spec.default
+        return None if spec.default_factory is dataclasses.MISSING else spec.default_factory()
+    default = inspect.signature(owner).parameters[field].default
+    return None if default is inspect.Parameter.empty else default
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+class _FromConfig(argparse.Action):
+    """An option whose default lives in a config dataclass or a function signature, the one
+    place for it: a value is stored only when given (in ``namespace.given[source][field]``),
+    and --help reads the default from its source when shown (so building the parser imports
+    no torch)."""
+
+    def __init__(self, option_strings, dest, *, source: str, field: str, flag: bool = False, help=None, **kwargs):
+        self.source, self.field, self.ready = source, field, False
+        if flag:
+            kwargs.update(nargs=0)
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=help, **kwargs)
+        self.flag = flag
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = True if self.flag else tuple(values) if isinstance(values, list) else values
+        given = getattr(namespace, "given", None) or {}
+        given.setdefault(self.source, {})[self.field] = value
+        namespace.given = given
+
+    @property
+    def help(self):
+        if not self.ready or self.flag:  # argparse >= 3.13 checks the help while adding the option
+            return self._help
+        default = _config_default(self.source, self.field)
+        if default is None:
+            return self._help
+        text = f"default {_shown(default)}".replace("%", "%%")
+        return f"{self._help}; {text}" if self._help else text
+
+    @help.setter
+    def help(self, text):
+        self._help = text
+
+
+def _option(parser: argparse.ArgumentParser, *flags: str, source: str, field: str | None = None, **kwargs) -> None:
+    """Add a :class:`_FromConfig` option; ``field`` defaults to the option's name."""
+    field = field or flags[0].lstrip("-").replace("-", "_")
+    action = parser.add_argument(*flags, action=_FromConfig, source=source, field=field, **kwargs)
+    action.ready = True
+
+
+def _given(args: argparse.Namespace, source: str) -> dict:
+    """The options the user gave for ``source`` (see :class:`_FromConfig`), by field name."""
+    return dict((getattr(args, "given", None) or {}).get(source, {}))
 
 
 def _tqdm_progress(description: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
@@ -32,13 +112,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     progress, close = _tqdm_progress("synthetic scans")
     try:
         manifest = write_dataset(
-            args.out,
-            args.n,
-            seed=args.seed,
-            shape=tuple(args.shape),
-            workers=args.workers,
-            overwrite=args.overwrite,
-            progress=progress,
+            args.out, args.n, workers=args.workers, overwrite=args.overwrite, progress=progress, **_given(args, SYNTH)
         )
     except ValueError as exc:  # bad arguments or a folder that already holds a dataset
         raise UserFacingError(str(exc)) from exc
@@ -58,7 +132,7 @@ def _cmd_insert_lesions(args: argparse.Namespace) -> int:
     hosts = [(Path(h).name.split(".")[0], partial(load_host, h, args.annotations)) for h in args.hosts]
     progress, close = _tqdm_progress("inserted-lesion scans")
     try:
-        manifest = write_inserted_dataset(hosts, args.out, args.n_per_host, seed=args.seed, healthy_share=args.healthy_share, progress=progress)
+        manifest = write_inserted_dataset(hosts, args.out, args.n_per_host, progress=progress, **_given(args, INSERT))
     finally:
         close()
     print(f"wrote {args.n_per_host * len(hosts)} scans from {len(hosts)} real hosts; manifest: {manifest}")
@@ -73,41 +147,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from napari_covid_attention.training.losses import LossConfig
     from napari_covid_attention.training.trainer import TrainConfig, cross_validate, train_bundle
 
+    segmenter = _given(args, SEGMENTER)
+    if "channels" in segmenter:
+        segmenter["strides"] = (2,) * (len(segmenter["channels"]) - 1)
+    options = _given(args, TRAIN)
+    if args.demo:
+        options["label"] = DEMO_LABEL
     config = TrainConfig(
-        train_manifest=args.train,
-        val_manifest=args.val,
-        val_fraction=args.val_fraction,
-        out=args.out,
-        name=args.name,
-        version=args.version,
-        label=DEMO_LABEL if args.demo else args.label,
-        preprocessing=PreprocessConfig(
-            classifier_shape=tuple(args.classifier_shape),
-            segmenter_spacing_mm=tuple(args.segmenter_spacing),
-            segmenter_roi=tuple(args.segmenter_roi),
-        ),
-        classifier=DSANetConfig(
-            layers=tuple(args.layers), widths=tuple(args.widths), lesion_head=args.lesion_head, attention_gain=args.attention_gain
-        ),
-        segmenter=SegmenterConfig(channels=tuple(args.segmenter_channels), strides=(2,) * (len(args.segmenter_channels) - 1)),
-        loss=LossConfig(attention_weight=args.attention_weight, attention_kind=args.attention_loss, classification=args.loss),
-        sampling=args.sampling,
-        q=args.q,
-        epochs=args.epochs,
-        segmenter_epochs=args.segmenter_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        segmenter_lr=args.segmenter_lr,
-        seed=args.seed,
-        device=args.device,
-        workers=args.workers,
-        cache_dir=args.cache_dir,
-        intensity_augment=args.intensity_augment,
-        init_bundle=args.init,
+        **options,
+        preprocessing=PreprocessConfig(**_given(args, PREPROCESS)),
+        classifier=DSANetConfig(**_given(args, CLASSIFIER)),
+        segmenter=SegmenterConfig(**segmenter),
+        loss=LossConfig(**_given(args, LOSS)),
         command="napari-covid-attention " + " ".join(args.argv),
         training_data=_data_sources(args.data_sources),
-        fold_by=args.fold_by,
-        segmenter_negative_weight=args.segmenter_negative_weight,
     )
     run = cross_validate(config, args.folds) if args.folds else train_bundle(config)
     result = _drive(run)
@@ -165,8 +218,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     progress, close = _tqdm_progress("evaluating")
     try:
         report = run_to_end(
-            evaluate_bundle(bundle, args.manifest, args.out, device=args.device, n_bootstrap=args.bootstrap),
-            lambda step: progress(*step),
+            evaluate_bundle(bundle, args.manifest, args.out, **_given(args, EVALUATE)),
+            lambda step: progress(step.step, step.total),
         )
     finally:
         close()
@@ -201,10 +254,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from napari_covid_attention.training.finetune import FinetuneConfig, finetune
 
-    epochs = {k: v for k, v in (("segmenter_epochs", args.segmenter_epochs), ("classifier_epochs", args.classifier_epochs)) if v is not None}
-    config = FinetuneConfig(
-        bundle=args.bundle, store_root=args.store, val_fraction=args.val_fraction, device=args.device, seed=args.seed, **epochs
-    )
+    config = FinetuneConfig(**_given(args, FINETUNE))
     result = _drive(finetune(config))
     print(("promoted: " if result.promoted else "not promoted: ") + result.reason)
     print(f"new version {result.version} (parent {result.parent_version}): {result.bundle_path}")
@@ -287,60 +337,60 @@ def build_parser() -> argparse.ArgumentParser:
     diag.set_defaults(func=_cmd_diagnose)
 
     train = sub.add_parser("train", help="train a bundle (dual sampling, attention loss, segmenter, ensemble)")
-    train.add_argument("--train", type=Path, required=True, help="training manifest CSV")
-    train.add_argument("--val", type=Path, default=None, help="validation manifest (default: hold out --val-fraction)")
-    train.add_argument("--val-fraction", type=float, default=0.2)
-    train.add_argument("--out", type=Path, required=True, help="new bundle folder (must not exist)")
+    _option(train, "--train", type=Path, required=True, source=TRAIN, field="train_manifest", help="training manifest CSV")
+    _option(train, "--val", type=Path, source=TRAIN, field="val_manifest", help="validation manifest (default: hold out --val-fraction)")
+    _option(train, "--val-fraction", type=float, source=TRAIN)
+    _option(train, "--out", type=Path, required=True, source=TRAIN, help="new bundle folder (must not exist)")
     train.add_argument("--folds", type=int, default=None, help="k-fold cross-validation: k bundles + cv.json in --out")
-    train.add_argument("--fold-by", default=None, metavar="COLUMN", help="keep each value of this manifest column (e.g. patient) in one fold; folds = values gives leave-one-out")
+    _option(train, "--fold-by", metavar="COLUMN", source=TRAIN, help="keep each value of this manifest column (e.g. patient) in one fold; folds = values gives leave-one-out")
     train.add_argument("--data-sources", type=Path, default=None, help="JSON list of the data's sources ({name, kind: synthetic|real, licence, citation}) for the bundle's provenance")
-    train.add_argument("--name", default="dsa-net")
-    train.add_argument("--version", default="1.0.0")
-    train.add_argument("--label", default="research model, not for clinical use", help="note shown with every result")
+    _option(train, "--name", source=TRAIN)
+    _option(train, "--version", source=TRAIN)
+    _option(train, "--label", source=TRAIN, help="note shown with every result")
     train.add_argument("--demo", action="store_true", help="label the bundle as the synthetic-data demo model")
-    train.add_argument("--sampling", choices=("uniform", "size_balanced", "dual"), default="dual")
-    train.add_argument("--q", type=float, default=0.0, help="size-balanced exponent: p_j ~ n_j^q (0 = groups equal)")
-    train.add_argument("--loss", choices=("ce", "class_balanced"), default="ce")
-    train.add_argument("--attention-weight", type=float, default=1.0, help="lambda of the attention loss")
-    train.add_argument("--attention-loss", choices=("mse", "dice"), default="mse")
-    train.add_argument("--lesion-head", action="store_true", help="also predict the five lesion types")
-    train.add_argument("--attention-gain", type=float, default=1.0, help="pooling weight of attended locations: mean(F * (1 + gain * A))")
-    train.add_argument("--intensity-augment", action="store_true", help="also jitter intensities (HU are calibrated: off by default)")
-    train.add_argument("--classifier-shape", type=int, nargs=3, default=(48, 96, 128), metavar=("Z", "Y", "X"))
-    train.add_argument("--segmenter-spacing", type=float, nargs=3, default=(4.0, 2.0, 2.0), metavar=("Z", "Y", "X"), help="segmenter voxel size in mm")
-    train.add_argument("--segmenter-roi", type=int, nargs=3, default=(80, 160, 208), metavar=("Z", "Y", "X"), help="the segmenter's window (training and inference)")
-    train.add_argument("--layers", type=int, nargs=4, default=(1, 1, 1, 1), help="ResNet blocks per stage (3 4 6 3 = ResNet-34)")
-    train.add_argument("--widths", type=int, nargs=4, default=(16, 32, 64, 128), help="channels per stage")
-    train.add_argument("--segmenter-channels", type=int, nargs="+", default=(8, 16, 32, 64))
-    train.add_argument("--init", type=Path, default=None, help="warm start: continue from this bundle's weights (same architecture)")
-    train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--segmenter-epochs", type=int, default=20)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--lr", type=float, default=1e-3, help="classifiers' peak learning rate (one-cycle schedule)")
-    train.add_argument("--segmenter-lr", type=float, default=2e-3, help="segmenter's peak learning rate (lower it for warm starts)")
-    train.add_argument("--segmenter-negative-weight", type=float, default=1.0, help="draw scans without infection this many times as often in segmenter training")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto")
-    train.add_argument("--workers", type=int, default=2, help="preprocessing processes")
-    train.add_argument("--cache-dir", type=Path, default=None, help="preprocessing cache (default: beside --out)")
+    _option(train, "--sampling", choices=("uniform", "size_balanced", "dual"), source=TRAIN)
+    _option(train, "--q", type=float, source=TRAIN, help="size-balanced exponent: p_j ~ n_j^q (0 = groups equal)")
+    _option(train, "--loss", choices=("ce", "class_balanced"), source=LOSS, field="classification")
+    _option(train, "--attention-weight", type=float, source=LOSS, help="lambda of the attention loss")
+    _option(train, "--attention-loss", choices=("mse", "dice"), source=LOSS, field="attention_kind")
+    _option(train, "--lesion-head", flag=True, source=CLASSIFIER, help="also predict the five lesion types")
+    _option(train, "--attention-gain", type=float, source=CLASSIFIER, help="pooling weight of attended locations: mean(F * (1 + gain * A))")
+    _option(train, "--intensity-augment", flag=True, source=TRAIN, help="also jitter intensities (HU are calibrated: off by default)")
+    _option(train, "--classifier-shape", type=int, nargs=3, metavar=("Z", "Y", "X"), source=PREPROCESS)
+    _option(train, "--segmenter-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), source=PREPROCESS, field="segmenter_spacing_mm", help="segmenter voxel size in mm")
+    _option(train, "--segmenter-roi", type=int, nargs=3, metavar=("Z", "Y", "X"), source=PREPROCESS, help="the segmenter's window (training and inference)")
+    _option(train, "--layers", type=int, nargs=4, source=CLASSIFIER, help="ResNet blocks per stage (3 4 6 3 = ResNet-34)")
+    _option(train, "--widths", type=int, nargs=4, source=CLASSIFIER, help="channels per stage")
+    _option(train, "--segmenter-channels", type=int, nargs="+", source=SEGMENTER, field="channels")
+    _option(train, "--init", type=Path, source=TRAIN, field="init_bundle", help="warm start: continue from this bundle's weights (same architecture)")
+    _option(train, "--epochs", type=int, source=TRAIN)
+    _option(train, "--segmenter-epochs", type=int, source=TRAIN)
+    _option(train, "--batch-size", type=int, source=TRAIN)
+    _option(train, "--lr", type=float, source=TRAIN, help="classifiers' peak learning rate (one-cycle schedule)")
+    _option(train, "--segmenter-lr", type=float, source=TRAIN, help="segmenter's peak learning rate (lower it for warm starts)")
+    _option(train, "--segmenter-negative-weight", type=float, source=TRAIN, help="draw scans without infection this many times as often in segmenter training")
+    _option(train, "--seed", type=int, source=TRAIN)
+    _option(train, "--device", source=TRAIN)
+    _option(train, "--workers", type=int, source=TRAIN, help="preprocessing processes")
+    _option(train, "--cache-dir", type=Path, source=TRAIN, help="preprocessing cache (default: beside --out)")
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a bundle on a manifest: metrics, ROC, ablation, localization")
     evaluate.add_argument("--manifest", type=Path, required=True)
     evaluate.add_argument("--out", type=Path, required=True, help="report folder")
     evaluate.add_argument("--bundle", default=None, help="bundle folder or name (default: the built-in demo)")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    _option(evaluate, "--device", source=EVALUATE)
+    _option(evaluate, "--bootstrap", type=int, source=EVALUATE, field="n_bootstrap", help="bootstrap resamples for the 95%% CIs")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     ft = sub.add_parser("finetune", help="fine-tune the current bundle from reviewed corrections; promote only if not worse")
-    ft.add_argument("--store", type=Path, default=None, help="annotation store folder (default: the user data folder's)")
-    ft.add_argument("--bundle", default=None, help="bundle to start from (default: the demo's current version)")
-    ft.add_argument("--segmenter-epochs", type=int, default=None, help="default 6")
-    ft.add_argument("--classifier-epochs", type=int, default=None, help="default 3")
-    ft.add_argument("--val-fraction", type=float, default=0.3, help="share of reviewed cases held out to decide promotion")
-    ft.add_argument("--device", default="auto")
-    ft.add_argument("--seed", type=int, default=0)
+    _option(ft, "--store", type=Path, source=FINETUNE, field="store_root", help="annotation store folder (default: the user data folder's)")
+    _option(ft, "--bundle", source=FINETUNE, help="bundle to start from (default: the demo's current version)")
+    _option(ft, "--segmenter-epochs", type=int, source=FINETUNE)
+    _option(ft, "--classifier-epochs", type=int, source=FINETUNE)
+    _option(ft, "--val-fraction", type=float, source=FINETUNE, help="share of reviewed cases held out to decide promotion")
+    _option(ft, "--device", source=FINETUNE)
+    _option(ft, "--seed", type=int, source=FINETUNE)
     ft.set_defaults(func=_cmd_finetune)
 
     bundles = sub.add_parser("bundles", help="list model bundles and versions; roll back a fine-tuned one")
@@ -362,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth = sub.add_parser("synth", help="write a synthetic chest CT dataset (NIfTI + manifest.csv)")
     synth.add_argument("--n", type=int, required=True, help="number of scans")
     synth.add_argument("--out", type=Path, required=True, help="output folder")
-    synth.add_argument("--seed", type=int, default=0, help="dataset seed (different seeds never share cases)")
-    synth.add_argument("--shape", type=int, nargs=3, default=(64, 128, 128), metavar=("Z", "Y", "X"))
+    _option(synth, "--seed", type=int, source=SYNTH, help="dataset seed (different seeds never share cases)")
+    _option(synth, "--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), source=SYNTH)
     synth.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     synth.set_defaults(func=_cmd_synth)
@@ -372,9 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("hosts", nargs="+", type=Path, help="real chest CT without pneumonia: NIfTI files or DICOM folders")
     ins.add_argument("--out", type=Path, required=True, help="new output folder")
     ins.add_argument("--n-per-host", type=int, default=20, help="cases per host")
-    ins.add_argument("--healthy-share", type=float, default=0.2, help="share of each host's cases left without lesions ('no pneumonia')")
+    _option(ins, "--healthy-share", type=float, source=INSERT, help="share of each host's cases left without lesions ('no pneumonia')")
     ins.add_argument("--annotations", type=Path, default=None, help="folder with lidc-xml/<name>.xml or <name>-boxes/: nodules/tumour lesions must avoid")
-    ins.add_argument("--seed", type=int, default=0, help="dataset seed")
+    _option(ins, "--seed", type=int, source=INSERT, help="dataset seed")
     ins.set_defaults(func=_cmd_insert_lesions)
     return parser
 
