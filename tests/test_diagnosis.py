@@ -113,7 +113,7 @@ def test_evaluation_report(tiny_dataset, tiny_bundle, tmp_path):
     run = evaluate_bundle(load_bundle(tiny_bundle), tiny_dataset, tmp_path / "report", device="cpu", n_bootstrap=50)
     steps = []
     report = run_to_end(run, steps.append)
-    assert steps[-1] == (12, 12)
+    assert (steps[-1].phase, steps[-1].step, steps[-1].total) == ("evaluate", 12, 12)
     for name in ("report.json", "report.md", "roc.png", "cases.csv"):
         assert (tmp_path / "report" / name).is_file()
     overall = report["overall"]["ensemble"]

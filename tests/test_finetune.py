@@ -12,7 +12,7 @@ from napari_covid_attention.data.synthetic import generate_phantom
 from napari_covid_attention.diagnosis import diagnose
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.explain.localization import localization_scores
-from napari_covid_attention.jobs import run_to_end
+from napari_covid_attention.jobs import Progress, run_to_end
 from napari_covid_attention.models.bundle import BundleError, load_bundle
 from napari_covid_attention.models.registry import current_bundle, list_bundles, rollback
 from napari_covid_attention.training import finetune as finetune_module
@@ -62,7 +62,9 @@ def test_finetuning_saves_a_candidate_and_promotes_by_the_rule(corrected_store, 
     """Mechanics at toy size (the demo-bundle test below checks the Dice gain itself)."""
     registry = tmp_path / "bundles"
     result, events = _run(finetune(_config(corrected_store, registry, tiny_bundle)))
-    assert {e.phase for e in events} >= {"prepare", "evaluate current", "segmenter", "classifier:uniform", "evaluate new", "done"}
+    assert [e.phase for e in events][-1] == "evaluate new"  # the commit comes after the last yield
+    assert {e.phase for e in events} >= {"prepare", "evaluate current", "segmenter", "classifier:uniform"}
+    assert all(isinstance(e, Progress) and "loss" in e.metrics for e in events if e.phase.startswith(("segmenter", "classifier")))
     assert result.n_train + result.n_val == N_CASES and result.n_val >= 3
     new = load_bundle(result.bundle_path)
     decision = decide(result.before, new.metrics["finetune"]["tuned"])
@@ -120,6 +122,54 @@ def test_cancel_mid_way_leaves_bundle_registry_and_store_untouched(corrected_sto
     job.close()  # what the GUI's Cancel does to the worker's generator
     assert not registry.exists() or not any(registry.rglob("bundle.json"))
     assert (_digest(corrected_store), _digest(tiny_bundle)) == before
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    """4 reviewed cases (the least fine-tuning accepts), so a job has few yields to cancel at."""
+    root = tmp_path_factory.mktemp("small-store")
+    with AnnotationStore(root) as store:
+        for seed in range(4):
+            phantom = generate_phantom(200 + seed, shape=(32, 64, 64))
+            case = store.open_case(phantom.volume, source_name=f"phantom-{seed}")
+            store.keep_scan(case.id, phantom.volume)
+            store.set_original(case.id, np.zeros_like(phantom.infection_mask), model="tiny-test 0.0.1")
+            store.save_version(case.id, phantom.infection_mask, annotator="test annotator")
+            store.mark_reviewed(case.id, annotator="test annotator", label=phantom.label)
+    return root
+
+
+@pytest.mark.parametrize("tolerance", [1.0, -1.0], ids=["promoted", "refused"])
+def test_a_cancel_at_any_yield_saves_nothing_and_the_commit_is_never_split(small_store, tiny_bundle, tmp_path, tolerance):
+    """The GUI's Cancel closes the job at its next yield: at every one of them, the registry
+    (versions, current pointer, log) and the store stay as they were; uncancelled, the new
+    version is saved and current exactly when the result says it was promoted."""
+    import shutil
+
+    from napari_covid_attention.models.registry import set_current, versions
+
+    def registry_in_use(root):
+        shutil.copytree(tiny_bundle, root / "tiny-test" / "0.0.1")
+        set_current("tiny-test", "0.0.1", "test: the version in use", root)
+        return root
+
+    def config(root):
+        return _config(small_store, root, root / "tiny-test" / "0.0.1", segmenter_epochs=1, tolerance=tolerance)
+
+    n_yields = sum(1 for _ in finetune(config(registry_in_use(tmp_path / "count"))))
+    registry = registry_in_use(tmp_path / "bundles")
+    before = (_digest(small_store), _digest(registry))
+    for cancel_at in range(n_yields):
+        job = finetune(config(registry))
+        for _ in range(cancel_at + 1):
+            next(job)
+        job.close()
+        assert (_digest(small_store), _digest(registry)) == before, f"cancel at yield {cancel_at + 1} of {n_yields} changed something"
+    result, _ = _run(finetune(config(registry)))
+    assert [v.version for v in versions("tiny-test", registry)] == ["0.0.1", result.version]
+    assert result.promoted == (tolerance > 0)
+    current = registry / "tiny-test" / (result.version if result.promoted else "0.0.1")
+    assert current_bundle("tiny-test", registry) == current
 
 
 def test_an_error_mid_way_leaves_everything_untouched(corrected_store, tiny_bundle, tmp_path, monkeypatch):

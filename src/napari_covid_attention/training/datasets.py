@@ -13,7 +13,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -36,7 +36,7 @@ from napari_covid_attention.classes import CLASS_NAMES, LESION_TYPES, NO_PNEUMON
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io.load import load_ct
 from napari_covid_attention.io.volume import CTVolume
-from napari_covid_attention.jobs import run_to_end
+from napari_covid_attention.jobs import Job, Progress, run_to_end
 from napari_covid_attention.preprocess.lung import lung_mask as compute_lung_mask
 from napari_covid_attention.preprocess.pipeline import (
     PreprocessConfig,
@@ -204,8 +204,8 @@ def iter_prepared(
     config: PreprocessConfig,
     cache_dir: str | os.PathLike | None = None,
     workers: int = 1,
-) -> Generator[int, None, list[PreparedCase]]:
-    """Prepare many cases, reading and filling the cache; yields the number done so far.
+) -> Job[list[PreparedCase]]:
+    """Prepare many cases, reading and filling the cache; yields ``Progress("prepare", done, n)``.
 
     Worker processes are spawned, not forked: a fork of a process whose torch thread pool
     is running (the GUI, a training run) can deadlock in the child.
@@ -217,7 +217,7 @@ def iter_prepared(
     results: list[PreparedCase | None] = [_read_cache(cache / f"{k}.npz") if cache else None for k in keys]
     todo = [i for i, r in enumerate(results) if r is None]
     done = len(cases) - len(todo)
-    yield done
+    yield Progress("prepare", done, len(cases))
 
     def store(index: int, prepared: PreparedCase) -> None:
         results[index] = prepared
@@ -230,12 +230,12 @@ def iter_prepared(
             for future in as_completed(futures):
                 store(futures[future], future.result())
                 done += 1
-                yield done
+                yield Progress("prepare", done, len(cases))
     else:
         for i in todo:
             store(i, prepare_case(cases[i], config))
             done += 1
-            yield done
+            yield Progress("prepare", done, len(cases))
     return results  # type: ignore[return-value]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 from napari_covid_attention.classes import NO_PNEUMONIA
 from napari_covid_attention.diagnosis import MAP_NAMES, diagnose
 from napari_covid_attention.io.load import load_ct
+from napari_covid_attention.jobs import Job, Progress
 from napari_covid_attention.models.bundle import Bundle
 from napari_covid_attention.training.datasets import NO_PNEUMONIA_LABEL, Case, read_manifest
 from napari_covid_attention.training.metrics import (
@@ -63,15 +64,15 @@ def evaluate_bundle(
     size_bin_edges: Sequence[float] = DEFAULT_SIZE_BIN_EDGES,
     n_bootstrap: int = 1000,
     seed: int = 0,
-) -> Generator[tuple[int, int], None, dict]:
-    """Diagnose every case, yield (done, total), write the report, return it as a dict."""
+) -> Job[dict]:
+    """Diagnose every case (yields ``Progress("evaluate", done, n)``), write the report, return it as a dict."""
     cases = read_manifest(manifest, bundle.class_names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for i, case in enumerate(cases):
         results.append(_evaluate_case(case, bundle, device, Path(manifest).parent))
-        yield i + 1, len(cases)
+        yield Progress("evaluate", i + 1, len(cases))
     report = build_report(results, bundle, size_bin_edges, n_bootstrap, seed)
     report["manifest"] = str(manifest)
     _write_outputs(report, results, out, bundle)

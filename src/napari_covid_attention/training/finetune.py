@@ -13,8 +13,10 @@ recorded); when both would, the current version stays.
 
 Nothing is written until the very end (one atomic bundle save, then the registry
 pointer), so a cancelled or failed run leaves the current bundle and the store untouched.
-It is a generator of :class:`FinetuneEvent` (CLI progress bars, GUI progress and plots,
-cancel between steps).
+It is a generator of :class:`~napari_covid_attention.jobs.Progress` (phases: prepare,
+evaluate current, segmenter, classifier:<member>, evaluate new) for CLI progress bars, GUI
+progress and plots, and Cancel, which takes effect at a yield. The decision, the save and
+the promotion come after the last yield, so no Cancel can split them.
 """
 
 from __future__ import annotations
@@ -22,20 +24,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader
 
 from napari_covid_attention.annotations.store import AnnotationStore
 from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.jobs import Job, Progress
 from napari_covid_attention.models.bundle import Bundle, Member, load_bundle, save_bundle
-from napari_covid_attention.models.device import autocast, resolve_device
-from napari_covid_attention.models.dsanet import DSANet, DSAOutput
+from napari_covid_attention.models.device import grad_scaler, resolve_device
+from napari_covid_attention.models.dsanet import DSANet
 from napari_covid_attention.models.registry import (
     next_version,
     record_rejected,
@@ -50,8 +52,10 @@ from napari_covid_attention.training.datasets import (
     SegmenterDataset,
     prepare_volume,
 )
-from napari_covid_attention.training.losses import DSALoss, LossConfig
+from napari_covid_attention.training.losses import DSALoss, LossConfig, SegmenterLoss
+from napari_covid_attention.training.metrics import nll
 from napari_covid_attention.training.sampling import WeightedStreamSampler
+from napari_covid_attention.training.steps import classify, segment, train_steps
 from napari_covid_attention.training.trainer import predict_probabilities, segmentation_dice
 
 
@@ -74,16 +78,6 @@ class FinetuneConfig:
     tolerance: float = 0.0  # allowed worsening when deciding promotion
     seed: int = 0
     device: str = "auto"
-
-
-@dataclass
-class FinetuneEvent:
-    """``phase``: prepare | evaluate current | segmenter | classifier:<member> | evaluate new | done."""
-
-    phase: str
-    step: int
-    total: int
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,8 +106,14 @@ class _Reviewed:
     labelled: bool
 
 
-def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneResult]:
-    """Run a fine-tuning job; see the module docstring. Returns what was decided and why."""
+def finetune(config: FinetuneConfig) -> Job[FinetuneResult]:
+    """Run a fine-tuning job; see the module docstring. Returns what was decided and why.
+
+    A cancel before the final commit saves nothing; the commit itself is never split. The
+    commit (decide, save the new version, promote or refuse it) is the job's last step, after
+    its last yield: closing the generator at any yield (what the GUI's Cancel does) leaves
+    the registry and the store as they were.
+    """
     started = time.time()
     device = resolve_device(config.device)
     current_path = resolve_bundle(config.bundle)
@@ -121,9 +121,9 @@ def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneR
     reviewed, skipped = yield from _prepare_reviewed(config, current)
     train, val = split_cases(reviewed, config)
 
-    yield FinetuneEvent("evaluate current", 0, 1)
+    yield Progress("evaluate current", 0, 1)
     before = evaluate(current, [r.prepared for r in val], device)
-    yield FinetuneEvent("evaluate current", 1, 1, before)
+    yield Progress("evaluate current", 1, 1, before)
 
     segmenter = _fresh_copy(current.segmenter, build_segmenter(current.segmenter_config)).to(device)
     yield from _tune_segmenter(segmenter, [r.prepared for r in train], current, config, device)
@@ -138,10 +138,12 @@ def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneR
     candidate = copy.copy(current)
     candidate.members, candidate.segmenter = members, segmenter.eval()
 
-    yield FinetuneEvent("evaluate new", 0, 1)
+    yield Progress("evaluate new", 0, 1)
     tuned = evaluate(candidate, [r.prepared for r in val], device)
-    yield FinetuneEvent("evaluate new", 1, 1, tuned)
+    yield Progress("evaluate new", 1, 1, tuned)
 
+    # The commit. No yield from here on: a Cancel acts at a yield, so it either came before
+    # and nothing was saved, or the saved version is also decided (promoted or refused).
     decision = decide(before, tuned, config.tolerance)
     promoted, reason, after = decision.promoted, decision.reason, decision.metrics
     if promoted and not decision.take_segmenter:
@@ -184,9 +186,7 @@ def finetune(config: FinetuneConfig) -> Generator[FinetuneEvent, None, FinetuneR
         set_current(current.name, version, f"fine-tuned from {current.version}: {reason}", config.registry_root)
     else:
         record_rejected(current.name, version, reason, config.registry_root)
-    result = FinetuneResult(promoted, reason, path, version, current.version, before, after, len(train), len(val), skipped)
-    yield FinetuneEvent("done", 1, 1, {"promoted": float(promoted)})
-    return result
+    return FinetuneResult(promoted, reason, path, version, current.version, before, after, len(train), len(val), skipped)
 
 
 @dataclass(frozen=True)
@@ -231,13 +231,11 @@ def evaluate(bundle: Bundle, cases: Sequence[PreparedCase], device: torch.device
     """Held-out infection Dice (segmenter grid) and ensemble classification loss (labelled cases)."""
     dice = segmentation_dice(bundle.segmenter.to(device), cases, bundle.preprocessing.segmenter_roi, bundle.segmenter_config.divisor, device)
     labelled = [c for c in cases if c.label >= 0]
-    nll = float("nan")
+    loss = float("nan")
     if labelled:
         prob = sum(m.weight * predict_probabilities(m.model.to(device), labelled, device, m.calibration) for m in bundle.members)
-        labels = np.array([c.label for c in labelled])
-        p_true = np.clip(np.where(labels == 0, prob, 1.0 - prob), 1e-7, 1.0)
-        nll = float(-np.mean(np.log(p_true)))
-    return {"dice": dice, "nll": nll}
+        loss = nll(prob, np.array([c.label for c in labelled]))
+    return {"dice": dice, "nll": loss}
 
 
 def attention_loss_kind(bundle: Bundle) -> str:
@@ -259,7 +257,7 @@ def split_cases(cases: Sequence[_Reviewed], config: FinetuneConfig) -> tuple[lis
     return [ordered[i] for i in order[n_val:]], [ordered[i] for i in order[:n_val]]
 
 
-def _prepare_reviewed(config: FinetuneConfig, bundle: Bundle) -> Generator[FinetuneEvent, None, tuple[list[_Reviewed], list[str]]]:
+def _prepare_reviewed(config: FinetuneConfig, bundle: Bundle) -> Job[tuple[list[_Reviewed], list[str]]]:
     store = AnnotationStore(config.store_root)
     try:
         cases = store.reviewed_cases()
@@ -275,7 +273,7 @@ def _prepare_reviewed(config: FinetuneConfig, bundle: Bundle) -> Generator[Finet
             label = bundle.class_names.index(case.label) if case.label in bundle.class_names else -1
             prepared = prepare_volume(scan, bundle.preprocessing, label=label, infection=store.latest(case.id))
             reviewed.append(_Reviewed(hashlib.sha256(case.identity.encode()).hexdigest()[:12], prepared, label >= 0))
-            yield FinetuneEvent("prepare", i + 1, len(cases))
+            yield Progress("prepare", i + 1, len(cases))
     finally:
         store.close()
     return reviewed, skipped
@@ -283,53 +281,42 @@ def _prepare_reviewed(config: FinetuneConfig, bundle: Bundle) -> Generator[Finet
 
 def _tune_segmenter(
     model: torch.nn.Module, cases: list[PreparedCase], bundle: Bundle, config: FinetuneConfig, device: torch.device
-) -> Generator[FinetuneEvent, None, None]:
+) -> Job[None]:
     dataset = SegmenterDataset(cases, bundle.preprocessing.segmenter_roi, bundle.segmenter_config.divisor, seed=config.seed)
     sampler = WeightedStreamSampler(np.ones(len(dataset)), len(dataset), seed=config.seed)
     loader = DataLoader(dataset, batch_size=1, sampler=sampler)  # boxes differ in size
-    criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+    criterion = SegmenterLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.segmenter_lr)
+    scaler = grad_scaler(device)
     total = config.segmenter_epochs * len(loader)
-    step = 0
     for epoch in range(config.segmenter_epochs):
         sampler.set_epoch(epoch)
         model.train()
-        for batch in loader:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                logits = model(batch["image"].to(device))
-            loss = criterion(logits.float(), batch["label"].to(device))
-            loss.backward()
-            optimizer.step()
-            step += 1
-            yield FinetuneEvent("segmenter", step, total, {"loss": float(loss.detach())})
+        yield from train_steps(
+            model, optimizer, loader, criterion, forward=segment, device=device, phase="segmenter",
+            total=total, done=epoch * len(loader), scaler=scaler,
+        )
     model.eval()
 
 
 def _tune_classifier(
     model: torch.nn.Module, name: str, cases: list[PreparedCase], loss: LossConfig, config: FinetuneConfig, device: torch.device
-) -> Generator[FinetuneEvent, None, None]:
+) -> Job[None]:
     sampler = WeightedStreamSampler(np.ones(len(cases)), len(cases), seed=config.seed)
     loader = DataLoader(ClassifierDataset(cases, augment=True, seed=config.seed), batch_size=config.batch_size, sampler=sampler)
     criterion = DSALoss(loss).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.classifier_lr)
+    scaler = grad_scaler(device)
     total = config.classifier_epochs * len(loader)
-    step = 0
     for epoch in range(config.classifier_epochs):
         sampler.set_epoch(epoch)
         # Batch-norm statistics adapt to the reviewed scans (the site's own). Freezing them
         # made the loss jump between steps even on the training scans (docs/finetuning.md).
         model.train()
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                output = DSAOutput(*model(batch["image"], return_all=True))
-            loss, parts = criterion(output, batch)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            yield FinetuneEvent(f"classifier:{name}", step, total, {"loss": parts["total"], "attention": parts["attention"]})
+        yield from train_steps(
+            model, optimizer, loader, criterion, forward=classify, device=device, phase=f"classifier:{name}",
+            total=total, done=epoch * len(loader), scaler=scaler,
+        )
     model.eval()
 
 

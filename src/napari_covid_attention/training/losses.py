@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
+from monai.losses import DiceCELoss, DiceLoss
 
 from napari_covid_attention.models.dsanet import DSAOutput
 
@@ -101,3 +101,18 @@ class DSALoss(torch.nn.Module):
             parts["lesion"] = float(lesion.detach())
         parts["total"] = float(total.detach())
         return total, parts
+
+
+class SegmenterLoss(torch.nn.Module):
+    """Dice + cross-entropy of the infection logits (scored in fp32) against the mask.
+
+    Returns ``(loss, parts)`` like :class:`DSALoss`, so both go through the same step loop
+    (:func:`napari_covid_attention.training.steps.train_steps`); it has no parts to report.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def forward(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.criterion(logits.float(), batch["label"]), {}

@@ -151,8 +151,10 @@ def nll(prob_covid: np.ndarray, labels: np.ndarray) -> float:
 
     Labels are 0 (COVID-19) or 1 (CAP); the probability of the true class is floored at
     :data:`NLL_FLOOR`. NaN when there is no case (nothing to score, not a perfect score).
+    Computed in the probabilities' own dtype (float32 from the models), as validation and
+    the fine-tuning gate always have been.
     """
-    prob_covid, labels = np.asarray(prob_covid, dtype=float), np.asarray(labels)
+    prob_covid, labels = np.asarray(prob_covid), np.asarray(labels)
     if labels.size == 0:
         return float("nan")
     p_true = np.clip(np.where(labels == 0, prob_covid, 1.0 - prob_covid), NLL_FLOOR, 1.0)

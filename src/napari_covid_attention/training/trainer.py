@@ -3,8 +3,10 @@
 One code path for a single process and for ``torchrun --nproc_per_node N`` (it reads
 the ``RANK`` / ``WORLD_SIZE`` variables torchrun sets and wraps the models in
 DistributedDataParallel; every rank draws its share of the same weighted stream). The
-work is a generator of :class:`TrainEvent` so the CLI can draw progress bars and the GUI
-can show progress and cancel between steps.
+work is a generator of :class:`~napari_covid_attention.jobs.Progress` (phases: prepare,
+classifier:<member>, calibrate:<member>, segmenter, ensemble, pneumonia rule, done) so the
+CLI can draw progress bars and the GUI can show progress and cancel between steps. Every
+optimisation step goes through :func:`~napari_covid_attention.training.steps.train_steps`.
 """
 
 from __future__ import annotations
@@ -17,24 +19,24 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from monai.losses import DiceCELoss
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from napari_covid_attention import __version__
 from napari_covid_attention.classes import CLASS_NAMES
 from napari_covid_attention.errors import UserFacingError
+from napari_covid_attention.jobs import Job, Progress
 from napari_covid_attention.models.bundle import Member, load_bundle, save_bundle
 from napari_covid_attention.models.calibration import IDENTITY, Calibration, fit_binary_calibration
-from napari_covid_attention.models.device import autocast, resolve_device
-from napari_covid_attention.models.dsanet import DSANet, DSANetConfig, DSAOutput
+from napari_covid_attention.models.device import autocast, grad_scaler, resolve_device
+from napari_covid_attention.models.dsanet import DSANet, DSANetConfig
 from napari_covid_attention.models.pneumonia import PneumoniaRule, choose_threshold
 from napari_covid_attention.models.segmenter import (
     SegmenterConfig,
@@ -52,8 +54,8 @@ from napari_covid_attention.training.datasets import (
     prepare_cases,
     read_manifest,
 )
-from napari_covid_attention.training.losses import DSALoss, LossConfig
-from napari_covid_attention.training.metrics import dice, roc_auc
+from napari_covid_attention.training.losses import DSALoss, LossConfig, SegmenterLoss
+from napari_covid_attention.training.metrics import dice, nll, roc_auc
 from napari_covid_attention.training.sampling import (
     DEFAULT_SIZE_BIN_EDGES,
     WeightedStreamSampler,
@@ -61,6 +63,7 @@ from napari_covid_attention.training.sampling import (
     sample_weights,
     size_bins,
 )
+from napari_covid_attention.training.steps import classify, segment, train_steps
 
 SAMPLING_Q = {"uniform": 1.0}  # size_balanced uses TrainConfig.q
 
@@ -114,16 +117,6 @@ class TrainConfig:
 
 
 @dataclass
-class TrainEvent:
-    """Progress of a run: ``phase`` is prepare | classifier:<member> | segmenter | ensemble | done."""
-
-    phase: str
-    step: int
-    total: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
 class _Distributed:
     rank: int = 0
     world_size: int = 1
@@ -138,7 +131,7 @@ class _Distributed:
             dist.barrier()
 
 
-def train_bundle(config: TrainConfig) -> Generator[TrainEvent, None, Path | None]:
+def train_bundle(config: TrainConfig) -> Job[Path | None]:
     """Train and save a bundle; yields progress. Returns the bundle path (rank 0) or None."""
     env = _init_distributed(config.device)
     try:
@@ -148,7 +141,7 @@ def train_bundle(config: TrainConfig) -> Generator[TrainEvent, None, Path | None
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None, Path | None]:
+def _train(config: TrainConfig, env: _Distributed) -> Job[Path | None]:
     started = time.time()
     device = torch.device("cuda", env.local_rank) if env.world_size > 1 and torch.cuda.is_available() else resolve_device(config.device)
     if config.out.exists() and env.is_main:
@@ -175,7 +168,7 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
         if env.is_main and len(config.class_names) == 2:
             calibration = fit_binary_calibration(predict_logits(model, val_cases, device), np.array([c.label for c in val_cases]))
             val_probs = predict_probabilities(model, val_cases, device, calibration)
-            yield TrainEvent(f"calibrate:{name}", 1, 1, {"scale": calibration.scale, "bias": calibration.bias[0] - calibration.bias[1] if calibration.bias else 0.0})
+            yield Progress(f"calibrate:{name}", 1, 1, {"scale": calibration.scale, "bias": calibration.bias[0] - calibration.bias[1] if calibration.bias else 0.0})
         members.append(Member(name=name, sampling=name, weight=0.0, model=model.cpu(), calibration=calibration))
         member_val_probs[name] = val_probs
         history[name] = member_history
@@ -191,9 +184,9 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
     )
     for member, weight in zip(members, weights, strict=True):
         member.weight = float(weight)
-    yield TrainEvent("ensemble", 1, 1, {"val_auc": ensemble_auc})
+    yield Progress("ensemble", 1, 1, {"val_auc": ensemble_auc})
     pneumonia, pneumonia_scores = choose_pneumonia_rule(segmenter, all_val, config, device, init.get("pneumonia"))
-    yield TrainEvent("pneumonia rule", 1, 1, {"min_infection_percent": pneumonia.min_infection_percent})
+    yield Progress("pneumonia rule", 1, 1, {"min_infection_percent": pneumonia.min_infection_percent})
 
     metrics = {
         "validation": {
@@ -235,7 +228,7 @@ def _train(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None
         pneumonia=pneumonia,
         training_data=_training_data(config, init),
     )
-    yield TrainEvent("done", 1, 1, metrics["validation"])
+    yield Progress("done", 1, 1, metrics["validation"])
     return path
 
 
@@ -331,7 +324,7 @@ def _member_kinds(sampling: str) -> list[str]:
     return kinds[sampling]
 
 
-def _prepare(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, None, tuple[list[PreparedCase], list[PreparedCase]]]:
+def _prepare(config: TrainConfig, env: _Distributed) -> Job[tuple[list[PreparedCase], list[PreparedCase]]]:
     """Read manifests, split off validation, preprocess (rank 0 fills the cache first)."""
     cases = read_manifest(config.train_manifest, config.class_names)
     if config.val_manifest:
@@ -339,16 +332,9 @@ def _prepare(config: TrainConfig, env: _Distributed) -> Generator[TrainEvent, No
     else:
         train, val = stratified_split(cases, config.val_fraction, config.seed)
     cache = config.cache_dir or config.out.parent / ".preprocessing-cache"
-    total = len(train) + len(val)
     prepared: list[PreparedCase] = []
     if env.is_main:
-        steps = iter_prepared(train + val, config.preprocessing, cache, config.workers)
-        while True:
-            try:
-                yield TrainEvent("prepare", next(steps), total)
-            except StopIteration as done:
-                prepared = done.value
-                break
+        prepared = yield from iter_prepared(train + val, config.preprocessing, cache, config.workers)
     env.barrier()
     if not env.is_main:  # other ranks read what rank 0 cached
         prepared = prepare_cases(train + val, config.preprocessing, cache, 1)
@@ -391,7 +377,7 @@ def _fit_classifier(
     device: torch.device,
     env: _Distributed,
     init_state: dict | None = None,
-) -> Generator[TrainEvent, None, tuple[DSANet, np.ndarray, list]]:
+) -> Job[tuple[DSANet, np.ndarray, list]]:
     """Train one member; keeps the epoch with the best validation AUC (then loss).
 
     A warm start's own weights compete as epoch 0, so a run cannot end worse on
@@ -411,7 +397,7 @@ def _fit_classifier(
         scores, key, probs = _validate_classifier(model, val, labels, device)
         history.append({"epoch": 0, **scores})
         best = (key, copy.deepcopy(model.state_dict()), probs)
-        yield TrainEvent(f"classifier:{name}", 0, max(1, config.epochs), scores)
+        yield Progress(f"classifier:{name}", 0, max(1, config.epochs), scores)
     if config.epochs == 0:
         return model.eval(), (best[2] if best is not None else np.zeros(0)), history
     ddp = DistributedDataParallel(model) if env.world_size > 1 else model
@@ -423,30 +409,26 @@ def _fit_classifier(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
+    scaler = grad_scaler(device)
     total_steps = config.epochs * steps_per_epoch
     for epoch in range(config.epochs):
         sampler.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
-        for step, batch in enumerate(loader):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                logits, attention, lesion = ddp(batch["image"], return_all=True)
-            loss, parts = criterion(DSAOutput(logits, attention, lesion), batch)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            for k, v in parts.items():
+        for progress in train_steps(
+            ddp, optimizer, loader, criterion, forward=classify, device=device, phase=f"classifier:{name}",
+            total=total_steps, done=epoch * steps_per_epoch, scheduler=scheduler, scaler=scaler,
+        ):
+            for k, v in progress.metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
-            yield TrainEvent(f"classifier:{name}", epoch * steps_per_epoch + step + 1, total_steps, {"loss": parts["total"]})
+            yield progress
         env.barrier()
         if env.is_main:
             scores, key, probs = _validate_classifier(model, val, labels, device)
             history.append({"epoch": epoch + 1, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}, **scores})
             if best is None or key > best[0]:
                 best = (key, copy.deepcopy(model.state_dict()), probs)
-            yield TrainEvent(f"classifier:{name}", (epoch + 1) * steps_per_epoch, total_steps, scores)
+            yield Progress(f"classifier:{name}", (epoch + 1) * steps_per_epoch, total_steps, scores)
         env.barrier()
     if best is not None:
         model.load_state_dict(best[1])
@@ -459,8 +441,8 @@ def _validate_classifier(
 ) -> tuple[dict, tuple[float, float], np.ndarray]:
     """Validation scores, the key epochs compete on (AUC, then lower NLL), and P(class 0)."""
     probs = predict_probabilities(model, val, device)
-    auc, nll = _auc(probs, labels), _nll(probs, labels)
-    return {"val_auc": auc, "val_nll": nll}, (round(auc, 4), -nll), probs
+    auc, loss = _auc(probs, labels), nll(probs, labels)
+    return {"val_auc": auc, "val_nll": loss}, (round(auc, 4), -loss), probs
 
 
 def predict_logits(model: DSANet, cases: Sequence[PreparedCase], device: torch.device, batch_size: int = 8) -> np.ndarray:
@@ -491,7 +473,7 @@ def _fit_segmenter(
     device: torch.device,
     env: _Distributed,
     init_state: dict | None = None,
-) -> Generator[TrainEvent, None, tuple[torch.nn.Module, list]]:
+) -> Job[tuple[torch.nn.Module, list]]:
     """Dice + CE on whole lung boxes; keeps the epoch with the best validation Dice.
 
     A warm start's own weights compete as epoch 0; with 0 epochs they are kept as they
@@ -510,7 +492,7 @@ def _fit_segmenter(
         dice = segmentation_dice(model, val, config.preprocessing.segmenter_roi, config.segmenter.divisor, device)
         history.append({"epoch": 0, "val_dice": dice})
         best = (dice, copy.deepcopy(model.state_dict()))
-        yield TrainEvent("segmenter", 0, max(1, config.segmenter_epochs), {"val_dice": dice})
+        yield Progress("segmenter", 0, max(1, config.segmenter_epochs), {"val_dice": dice})
     if config.segmenter_epochs == 0:
         return model.eval(), history
     ddp = DistributedDataParallel(model) if env.world_size > 1 else model
@@ -518,33 +500,29 @@ def _fit_segmenter(
     weights = np.array([config.segmenter_negative_weight if not c.seg_infection.any() else 1.0 for c in dataset.cases])
     sampler = WeightedStreamSampler(weights, len(dataset), seed=config.seed + 1, rank=env.rank, world_size=env.world_size)
     loader = DataLoader(dataset, batch_size=1, sampler=sampler)  # boxes differ in size
-    criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+    criterion = SegmenterLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.segmenter_lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(loader))
     total_steps = config.segmenter_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.segmenter_lr, total_steps=total_steps, pct_start=0.15)
+    scaler = grad_scaler(device)
     for epoch in range(config.segmenter_epochs):
         sampler.set_epoch(epoch)
         model.train()
         loss_sum = 0.0
-        for step, batch in enumerate(loader):
-            image, label = batch["image"].to(device), batch["label"].to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                logits = ddp(image)
-            loss = criterion(logits.float(), label)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach())
-            yield TrainEvent("segmenter", epoch * steps_per_epoch + step + 1, total_steps, {"loss": float(loss.detach())})
+        for progress in train_steps(
+            ddp, optimizer, loader, criterion, forward=segment, device=device, phase="segmenter",
+            total=total_steps, done=epoch * steps_per_epoch, scheduler=scheduler, scaler=scaler,
+        ):
+            loss_sum += progress.metrics["loss"]
+            yield progress
         env.barrier()
         if env.is_main:
             dice = segmentation_dice(model, val, config.preprocessing.segmenter_roi, config.segmenter.divisor, device)
             history.append({"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch, "val_dice": dice})
             if best is None or dice > best[0]:
                 best = (dice, copy.deepcopy(model.state_dict()))
-            yield TrainEvent("segmenter", (epoch + 1) * steps_per_epoch, total_steps, {"val_dice": dice})
+            yield Progress("segmenter", (epoch + 1) * steps_per_epoch, total_steps, {"val_dice": dice})
         env.barrier()
     if best is not None:
         model.load_state_dict(best[1])
@@ -579,11 +557,6 @@ def _auc(prob_class0: np.ndarray, labels: np.ndarray) -> float:
     return roc_auc(prob_class0, (labels == 0).astype(float))
 
 
-def _nll(prob_class0: np.ndarray, labels: np.ndarray) -> float:
-    p = np.clip(np.where(labels == 0, prob_class0, 1.0 - prob_class0), 1e-7, 1.0)
-    return float(-np.mean(np.log(p)))
-
-
 def _init_distributed(device: str) -> _Distributed:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -606,7 +579,7 @@ def _code_version() -> str:
     return f"napari-covid-attention {__version__}" + (f" ({commit})" if commit else "") + f", python {platform.python_version()}"
 
 
-def cross_validate(config: TrainConfig, folds: int) -> Generator[TrainEvent, None, Path | None]:
+def cross_validate(config: TrainConfig, folds: int) -> Job[Path | None]:
     """k-fold cross-validation (the paper's 5-fold protocol) on the training manifest.
 
     Fold i trains a bundle on the other folds and validates on fold i; the per-fold
