@@ -27,12 +27,7 @@ from napari_covid_attention.jobs import run_to_end
 from napari_covid_attention.models.bundle import load_bundle
 from napari_covid_attention.models.registry import resolve_bundle
 from napari_covid_attention.training.finetune import FinetuneConfig, finetune
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+from napari_covid_attention.training.metrics import dice
 
 
 def phantoms(seed: int, n: int, shape, noise_sd_hu: float | None):
