@@ -56,3 +56,58 @@ def test_a_real_virtual_display_accepts_a_qt_client(monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def diagnosed_phantom(tiny_bundle):
+    from napari_covid_attention.data.synthetic import generate_phantom
+    from napari_covid_attention.diagnosis import diagnose
+    from napari_covid_attention.models.bundle import load_bundle
+
+    scan = generate_phantom(5, label="CAP", shape=(32, 64, 64))
+    return scan, diagnose(scan.volume, load_bundle(tiny_bundle), "cpu")
+
+
+@pytest.mark.viewer
+def test_the_first_screenshot_of_the_hidden_window_shows_the_side_by_side_panels(make_napari_viewer, diagnosed_phantom):
+    """The headless demo's compare screenshot: two fitted, titled panels, not one blocky zoom.
+
+    A hidden window lays out its canvas, and napari sizes the grid's view boxes, only
+    when drawn; a screenshot right after entering the view drew through 10 px view boxes.
+    """
+    import numpy as np
+    from qtpy.QtCore import QPoint, QTimer
+
+    from napari_covid_attention._layer_data import ct_layer_data
+    from napari_covid_attention.widgets import layers as ops
+    from napari_covid_attention.widgets.compare import CompareView
+
+    scan, diagnosis = diagnosed_phantom
+    viewer = make_napari_viewer(show=False)
+    viewer.window._qt_window.resize(*_demo.WINDOW_SIZE)
+    data, kwargs, _ = ct_layer_data(scan.volume, "ct")
+    ct = viewer.add_image(data, **kwargs)
+    ops.add_diagnosis_layers(viewer, ct, diagnosis)
+    _demo.settle(viewer)
+    viewer.screenshot(canvas_only=False, flash=False)  # the demo's diagnosis screenshot
+    CompareView(viewer).enter(ct, ("attention", "gradcam"))
+    QTimer.singleShot(0, viewer.reset_view)  # as the dock widget fits the grid
+    _demo.settle(viewer)
+    shot = viewer.screenshot(canvas_only=False, flash=False)  # the compare screenshot
+
+    native = viewer.window._qt_viewer.canvas.native
+    ratio = shot.shape[1] / viewer.window._qt_window.width()
+    corner = native.mapTo(viewer.window._qt_window, QPoint(0, 0))
+    x0, y0 = round(corner.x() * ratio), round(corner.y() * ratio)
+    canvas = shot[y0 : y0 + round(native.height() * ratio), x0 : x0 + round(native.width() * ratio), :3]
+    gray = canvas.astype(float).mean(axis=2)
+    half = gray.shape[1] // 2
+    left, right = gray[:, :half], gray[:, half : 2 * half]
+    for panel in (left, right):
+        # a fitted panel: the scan with background around it (the blocky zoom had none)
+        assert (panel < 10).mean() > 0.2
+        assert (panel > 100).mean() > 0.05
+        # its title, white text in the band above the scan
+        assert (panel[: panel.shape[0] // 10] > 200).sum() > 50
+    # the same CT in both panels
+    assert np.corrcoef(left.ravel(), right.ravel())[0, 1] > 0.7
