@@ -23,11 +23,24 @@ PLUGIN = "napari-covid-attention"
 SHARED = Path(os.environ.get("COVID_ATTENTION_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
-def settle() -> None:
-    from qtpy.QtWidgets import QApplication
+def settle(viewer) -> None:
+    """Lay out and draw the window (grid view boxes included) before a screenshot: the
+    headless demo's drawing path, so compare.png shows the panels, not one blocky zoom."""
+    from napari_covid_attention._demo import settle as settle_window
 
-    for _ in range(10):
-        QApplication.processEvents()
+    settle_window(viewer)
+
+
+def fit(viewer) -> None:
+    """Fit the camera to the canvas as laid out (not to the size it had before the first draw)."""
+    settle(viewer)
+    viewer.reset_view()
+
+
+def pick(widget, layer) -> None:
+    from napari_covid_attention._demo import pick_scan
+
+    pick_scan(widget, layer)
 
 
 def viewer_with_widget(bundle: str | None):
@@ -45,10 +58,10 @@ def real_series(bundle: str | None, folder: Path) -> None:
     viewer, widget = viewer_with_widget(bundle)
     layer = viewer.open(folder, plugin=PLUGIN)[0]
     viewer.dims.set_point(0, float(layer.data_to_world((14, 0, 0))[0]))
-    viewer.reset_view()
-    settle()
+    fit(viewer)
+    settle(viewer)
     viewer.screenshot(str(OUT / "real-series-lung-window.png"), canvas_only=True)
-    widget.layer_combo.setCurrentText(layer.name)
+    pick(widget, layer)
     widget.run_diagnosis(threaded=False)
     from napari_covid_attention.widgets import layers as ops
 
@@ -57,7 +70,7 @@ def real_series(bundle: str | None, folder: Path) -> None:
     for kind in ("attention", "infection_mask"):
         ops.layer_of_kind(viewer, layer, kind).visible = False
     viewer.dims.set_point(0, float(layer.data_to_world((14, 0, 0))[0]))
-    settle()
+    settle(viewer)
     viewer.screenshot(str(OUT / "real-series-lung-mask.png"), canvas_only=False)
     viewer.close()
 
@@ -66,7 +79,8 @@ def real_diagnosed(bundle: str | None, path: Path, name: str) -> None:
     """A real scan diagnosed: the slice with the most infection (or the middle), card visible."""
     viewer, widget = viewer_with_widget(bundle)
     layer = viewer.open(path, plugin=PLUGIN)[0]
-    widget.layer_combo.setCurrentText(layer.name)
+    fit(viewer)
+    pick(widget, layer)
     widget.run_diagnosis(threaded=False)
     from napari_covid_attention.widgets import layers as ops
 
@@ -76,7 +90,7 @@ def real_diagnosed(bundle: str | None, path: Path, name: str) -> None:
         widget.jump_to_infection()
     else:
         viewer.dims.set_point(0, float(layer.data_to_world((layer.data.shape[0] * 0.55, 0, 0))[0]))
-    settle()
+    settle(viewer)
     viewer.screenshot(str(OUT / name), canvas_only=False)
     viewer.close()
 
@@ -84,14 +98,15 @@ def real_diagnosed(bundle: str | None, path: Path, name: str) -> None:
 def sample(bundle: str | None) -> None:
     viewer, widget = viewer_with_widget(bundle)
     layer = viewer.open_sample(PLUGIN, "covid_phantom")[0]
-    widget.layer_combo.setCurrentText(layer.name)
+    fit(viewer)
+    pick(widget, layer)
     widget.run_diagnosis(threaded=False)
     widget.jump_to_infection()
-    settle()
+    settle(viewer)
     viewer.screenshot(str(OUT / "sample-attention.png"), canvas_only=False)
     widget.include_pp.setChecked(True)
     widget.compare_button.setChecked(True)
-    settle()
+    settle(viewer)
     viewer.screenshot(str(OUT / "compare.png"), canvas_only=False)
     viewer.close()
 
