@@ -79,6 +79,34 @@ def test_train_writes_a_loadable_bundle_with_provenance(tiny_dataset, tmp_path):
     assert all(m["calibration"]["scale"] > 0 and len(m["calibration"]["bias"]) == 2 for m in meta["members"])
 
 
+def test_a_training_job_cancelled_at_its_last_yield_writes_nothing(tiny_dataset, tmp_path):
+    """Every step yields jobs.Progress with its loss; the save comes after the last yield."""
+    from napari_covid_attention.jobs import Progress
+    from napari_covid_attention.models.dsanet import DSANetConfig
+    from napari_covid_attention.models.segmenter import SegmenterConfig
+    from napari_covid_attention.preprocess.pipeline import PreprocessConfig
+    from napari_covid_attention.training.trainer import TrainConfig, train_bundle
+
+    config = TrainConfig(
+        train_manifest=tiny_dataset, out=tmp_path / "bundle", epochs=1, segmenter_epochs=1, batch_size=4, workers=1,
+        val_fraction=0.34, device="cpu", cache_dir=tmp_path / "cache", sampling="uniform",
+        preprocessing=PreprocessConfig(classifier_shape=(16, 32, 32), segmenter_spacing_mm=(8.0, 4.0, 4.0), segmenter_roi=(32, 64, 64)),
+        classifier=DSANetConfig(widths=(4, 8, 8, 16), lesion_head=True), segmenter=SegmenterConfig(channels=(4, 8, 16), strides=(2, 2)),
+    )
+    job = train_bundle(config)
+    events = []
+    for event in job:
+        events.append(event)
+        if event.phase == "save":
+            break
+    job.close()
+    assert not config.out.exists()
+    assert all(isinstance(e, Progress) for e in events) and events[0].phase == "prepare"
+    steps = [e for e in events if e.phase in ("classifier:uniform", "segmenter") and "loss" in e.metrics]
+    assert steps and all(0 < e.step <= e.total for e in steps)
+    assert {"classification", "attention", "lesion"} <= set(next(e for e in steps if e.phase != "segmenter").metrics)
+
+
 def test_training_refuses_an_existing_output(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "exists"
     out.mkdir()

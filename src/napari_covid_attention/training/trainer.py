@@ -4,7 +4,7 @@ One code path for a single process and for ``torchrun --nproc_per_node N`` (it r
 the ``RANK`` / ``WORLD_SIZE`` variables torchrun sets and wraps the models in
 DistributedDataParallel; every rank draws its share of the same weighted stream). The
 work is a generator of :class:`~napari_covid_attention.jobs.Progress` (phases: prepare,
-classifier:<member>, calibrate:<member>, segmenter, ensemble, pneumonia rule, done) so the
+classifier:<member>, calibrate:<member>, segmenter, ensemble, pneumonia rule, save) so the
 CLI can draw progress bars and the GUI can show progress and cancel between steps. Every
 optimisation step goes through :func:`~napari_covid_attention.training.steps.train_steps`.
 """
@@ -213,6 +213,9 @@ def _train(config: TrainConfig, env: _Distributed) -> Job[Path | None]:
         "config": config.to_dict(),
         "history": history,
     }
+    # The last yield comes before the save: a job closed at a yield (Cancel) writes nothing,
+    # and one that saved always returns the path.
+    yield Progress("save", 0, 1, metrics["validation"])
     path = save_bundle(
         config.out,
         name=config.name,
@@ -228,7 +231,6 @@ def _train(config: TrainConfig, env: _Distributed) -> Job[Path | None]:
         pneumonia=pneumonia,
         training_data=_training_data(config, init),
     )
-    yield Progress("done", 1, 1, metrics["validation"])
     return path
 
 
