@@ -129,7 +129,7 @@ def open_ct_with_diagnose_widget(make_napari_viewer):
         viewer.add_image(data, **kwargs)
         _, widget = viewer.window.add_plugin_dock_widget("napari-covid-attention", "COVID-19 attention")
         widget.set_bundle(bundle)
-        widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+        widget.set_device("cpu")
         return viewer, widget
 
     return open_

@@ -95,7 +95,7 @@ def test_compare_on_and_off(widget_viewer, qtbot):
     order = [layer.name for layer in viewer.layers]
     widget.include_pp.setChecked(True)
     widget.compare_button.setChecked(True)
-    assert grid_of(viewer).enabled and widget.compare.active
+    assert grid_of(viewer).enabled and widget.session.compare.active
     assert len(viewer.layers) == len(order) + 4  # 2 extra CT views + 2 extra mask views
     widget.compare_button.setChecked(False)
     assert not grid_of(viewer).enabled
@@ -126,16 +126,38 @@ def test_scores_follow_mask_edits(widget_viewer, qtbot):
     qtbot.waitUntil(lambda: table() != on_right, timeout=5000)
 
 
-def test_bad_layer_gives_a_message_not_a_traceback(widget_viewer, monkeypatch):
+def test_only_ct_images_are_offered_and_picked_by_layer(widget_viewer):
     viewer, widget = widget_viewer
-    messages = []
-    from napari_covid_attention.widgets import diagnose as widget_module
-
-    monkeypatch.setattr(widget_module, "_notify_error", messages.append)
     viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True, name="photo")
-    widget.layer_combo.setCurrentText("photo")
-    assert widget.run_diagnosis() is None
-    assert messages and "RGB" in messages[0]
+    viewer.add_labels(np.zeros((4, 8, 8), np.uint8), name="some labels")
+    offered = [layer.name for layer in widget.layer_picker.choices]
+    assert offered == ["ct"]  # neither the RGB photo nor the labels are offered as a CT
+    viewer.layers["ct"].name = "renamed"
+    assert widget.layer_picker.value is viewer.layers["renamed"]
+
+
+def test_an_error_is_notified_exactly_once(widget_viewer, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    viewer, widget = widget_viewer
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        viewer.add_image(np.zeros((8, 32, 32), np.float32), name="not hu")  # no air: not a CT in HU
+        widget.layer_picker.value = viewer.layers["not hu"]
+        assert widget.run_diagnosis() is None
+        assert len(seen) == 1 and "Hounsfield" in seen[0].message
+        seen.clear()
+        widget.layer_picker.value = viewer.layers["ct"]
+        monkeypatched = widget.session.models
+        monkeypatched.chosen = monkeypatched.chosen.parent / "missing-bundle"  # fails inside the worker
+        widget.run_diagnosis()
+        qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+        qtbot.wait(50)
+        assert len(seen) == 1, [n.message for n in seen]
+        assert widget.progress.value() == 0 and "failed" in widget.status.text()
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
 
 
 def test_cancel_adds_nothing(widget_viewer, qtbot):
@@ -143,7 +165,7 @@ def test_cancel_adds_nothing(widget_viewer, qtbot):
     before = len(viewer.layers)
     worker = widget.run_diagnosis()
     widget.cancel()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=120_000)
     assert len(viewer.layers) == before
     assert worker is not None and widget.current_result() is None
 

@@ -129,7 +129,7 @@ class MaskCorrection:
             self.save_now()
         elif latest is not None:
             self._set_layer_data(latest)  # reopened: continue where the annotator left off
-            self._say(f"Case {case.id}: restored version {case.final.id} saved by {case.final.annotator} at {_time(case.final.created)}.")
+            self._say(f"Case {case.id}: restored version {case.final.id} saved by {case.final.annotator} at {clock_time(case.final.created)}.")
         else:
             self._say(f"Case {case.id}: the model's mask is kept as the original; edits are saved automatically.")
         self.history_changed.emit()
@@ -210,7 +210,7 @@ class MaskCorrection:
 
     def _saved(self, version) -> None:
         self._saving = False
-        self._say(f"Case {version.case_id}: version {version.id} saved at {_time(version.created)} by {version.annotator}.")
+        self._say(f"Case {version.case_id}: version {version.id} saved at {clock_time(version.created)} by {version.annotator}.")
         self.history_changed.emit()
         if self._dirty and self._closed:
             self.save_now()  # closed while saving: the last edits must not wait for a timer
@@ -338,5 +338,6 @@ def _sentence(exc: BaseException) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def _time(iso: str) -> str:
+def clock_time(iso: str) -> str:
+    """hh:mm:ss of an ISO 8601 time stamp, as the status lines show it."""
     return iso[11:19] if len(iso) >= 19 else iso

@@ -86,7 +86,7 @@ class Session:
     def _track(self, layer: Any) -> None:
         from napari_covid_attention.widgets.layers import scan_key
 
-        if _is_ct(layer) and layer not in self.compare.added and scan_key(layer) not in self.scans:
+        if is_ct(layer) and layer not in self.compare.added and scan_key(layer) not in self.scans:
             scan = ScanSession(layer)
             self.scans[scan.key] = scan
             self.scans_changed.emit()
@@ -199,7 +199,7 @@ def _key(layer: Any) -> str:
     return scan_key(layer)
 
 
-def _is_ct(layer: Any) -> bool:
+def is_ct(layer: Any) -> bool:
     """A layer the plugin can diagnose: a 3D single-channel image that is not one of its maps."""
     if type(layer).__name__ != "Image" or getattr(layer, "rgb", False) or layer.ndim != 3:
         return False
@@ -210,7 +210,13 @@ _SESSIONS: dict[int, Session] = {}
 
 
 def session_for(viewer: Any, scheduler_factory) -> Session:
-    """The viewer's one Session, made on first use (every dock of the viewer shares it)."""
+    """The viewer's one Session, made on first use (every dock of the viewer shares it).
+
+    napari hands plugin widgets a public-only proxy of the viewer (a different object on
+    each call); the session holds the viewer itself, so every dock finds the same one and
+    its layers are the real layers.
+    """
+    viewer = getattr(viewer, "__wrapped__", viewer)
     key = id(viewer)
     found = _SESSIONS.get(key)
     if found is None or found.viewer is not viewer:

@@ -1,19 +1,19 @@
-"""The "COVID-19 attention" dock widget: model, diagnose, result card, review and compare.
+"""The "COVID-19 attention" dock: model, diagnose, result card, review and compare.
 
-Thin: diagnosis runs in :func:`napari_covid_attention.diagnosis.diagnose_steps` inside a
-napari worker (progress after each stage, cancel between stages); layers are made by
-:mod:`.layers` and the side-by-side view by :mod:`.compare`, both testable without Qt.
+A view of the viewer's :class:`~napari_covid_attention.session.Session`: the scan, its
+diagnosis and the model live there; this widget draws them and forwards clicks. Diagnosis
+runs through the one job adapter (:mod:`.jobs`): progress per stage, cancel between
+stages, one notification per error. torch and MONAI are imported only when a diagnosis
+starts, so the dock opens at once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from magicgui.widgets import ComboBox
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -29,49 +29,43 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
-from napari_covid_attention._layer_data import plugin_meta
-from napari_covid_attention.diagnosis import STAGES, Diagnosis, diagnose_steps
 from napari_covid_attention.errors import UserFacingError
-from napari_covid_attention.jobs import run_to_end
-from napari_covid_attention.models.bundle import Bundle, load_bundle
-from napari_covid_attention.models.device import available_devices, one_core_for_the_gui
-from napari_covid_attention.models.registry import bundle_info, list_bundles
 from napari_covid_attention.widgets import layers as ops
 from napari_covid_attention.widgets.card import result_card_html, scores_rows
-from napari_covid_attention.widgets.compare import CompareView
+from napari_covid_attention.widgets.jobs import JobRunner, notify_failure, session_of
+from napari_covid_attention.widgets.scrolling import ScrollingDock
 from napari_covid_attention.widgets.window import apply_window
 from napari_covid_attention.windows import window_names
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image
 
-log = logging.getLogger(__name__)
+    from napari_covid_attention.session import ScanSession
+
 _SCORE_DELAY_MS = 400  # scores are recomputed this long after the last edit of the mask
+_PLACEHOLDER = "Select a CT image layer and press Diagnose."
 
 
-class DiagnoseWidget(QWidget):
+class DiagnoseWidget(ScrollingDock):
     """Dock widget; ``napari_viewer`` is injected by napari."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
-        self.viewer = napari_viewer
-        self.compare = CompareView(napari_viewer)
-        self._bundles: dict[str, Bundle] = {}
-        self._results: dict[str, tuple[Diagnosis, Image]] = {}
-        self._worker = None
-        self._threaded = True
+        self.session = session_of(napari_viewer)
+        self.viewer = self.session.viewer  # the viewer itself, not napari's proxy of it
+        self.runner = JobRunner("diagnosis")
         self._score_timer = QTimer(self)
         self._score_timer.setSingleShot(True)
         self._score_timer.timeout.connect(self.update_scores)
+        self._shown: ScanSession | None = None  # whose card and scores are drawn
+        self._threaded = True  # a diagnosis run in this thread (tests, demo) scores in it too
 
-        layout = QVBoxLayout(self)
+        layout = self.content_layout
         layout.addWidget(self._model_box())
         layout.addWidget(self._scan_box())
-        self.card = QLabel("Select a CT image layer and press Diagnose.")
+        self.card = QLabel(_PLACEHOLDER)
         self.card.setWordWrap(True)
         self.card.setTextFormat(Qt.RichText)
         layout.addWidget(self.card)
@@ -79,25 +73,32 @@ class DiagnoseWidget(QWidget):
         layout.addWidget(self._compare_box())
         layout.addStretch(1)
 
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        session = self.session
+        session.models.changed.connect(self._fill_bundles)
+        session.scans_changed.connect(self.layer_picker.reset_choices)
+        session.active_changed.connect(self._show_active)
         self.viewer.dims.events.current_step.connect(self._update_slice_readout)
-        self._refresh_layers()
+        self.destroyed.connect(self._disconnect)
+        self._fill_bundles()
+        self._fill_devices()
+        self._show_active(session.active)
+
+    def _disconnect(self, *_args) -> None:
+        self.session.models.changed.disconnect(self._fill_bundles)
+        self.session.scans_changed.disconnect(self.layer_picker.reset_choices)
+        self.session.active_changed.disconnect(self._show_active)
 
     # ----- construction -------------------------------------------------------------
     def _model_box(self) -> QGroupBox:
         box = QGroupBox("Model")
         grid = QGridLayout(box)
         self.bundle_combo = QComboBox()
-        for info in list_bundles():
-            self.bundle_combo.addItem(info.title, str(info.path))
-        self.bundle_combo.currentIndexChanged.connect(self._show_bundle_label)
+        self.bundle_combo.activated.connect(self._bundle_picked)
         add = QPushButton("Add…")
         add.setToolTip("Use a bundle folder (bundle.json + safetensors weights)")
         add.clicked.connect(self._browse_bundle)
         self.device_combo = QComboBox()
-        for name, description in available_devices():
-            self.device_combo.addItem(description, name)
+        self.device_combo.addItem("automatic (GPU if available)", "auto")
         self.bundle_label = QLabel()
         self.bundle_label.setWordWrap(True)
         self.bundle_label.setStyleSheet("color: #ff9933")
@@ -107,23 +108,26 @@ class DiagnoseWidget(QWidget):
         grid.addWidget(QLabel("Device"), 1, 0)
         grid.addWidget(self.device_combo, 1, 1, 1, 2)
         grid.addWidget(self.bundle_label, 2, 0, 1, 3)
-        self._show_bundle_label()
         return box
 
     def _scan_box(self) -> QGroupBox:
         box = QGroupBox("Scan")
         grid = QGridLayout(box)
-        self.layer_combo = QComboBox()
+        # magicgui's picker holds layers, not names: a rename or two scans of the same
+        # name never diagnose the wrong layer; only CT images are offered.
+        self.layer_picker = ComboBox(choices=self._ct_choices, nullable=False)
+        self.layer_picker.native.setToolTip("The CT image to diagnose (only CT images are offered)")
+        self.layer_picker.changed.connect(self._picked_layer)
         self.diagnose_button = QPushButton("Diagnose")
         self.diagnose_button.clicked.connect(lambda: self.run_diagnosis())
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         self.progress = QProgressBar()
-        self.progress.setRange(0, len(STAGES) + 1)
         self.status = QLabel("")
+        self.status.setWordWrap(True)
         grid.addWidget(QLabel("CT layer"), 0, 0)
-        grid.addWidget(self.layer_combo, 0, 1, 1, 2)
+        grid.addWidget(self.layer_picker.native, 0, 1, 1, 2)
         grid.addWidget(self.diagnose_button, 1, 1)
         grid.addWidget(self.cancel_button, 1, 2)
         grid.addWidget(self.progress, 2, 0, 1, 3)
@@ -136,7 +140,7 @@ class DiagnoseWidget(QWidget):
         windows = QHBoxLayout()
         for name in window_names():
             button = QPushButton(name.capitalize())
-            button.clicked.connect(lambda _=False, n=name: self._apply_window(n))
+            button.clicked.connect(lambda _=False, n=name: self.apply_window(n))
             windows.addWidget(button)
         layout.addLayout(windows)
         jumps = QHBoxLayout()
@@ -159,6 +163,7 @@ class DiagnoseWidget(QWidget):
         self.compare_button.setCheckable(True)
         self.compare_button.toggled.connect(self.set_compare)
         self.include_pp = QCheckBox("with Grad-CAM++")
+        self.include_pp.toggled.connect(self._compare_maps_changed)
         row.addWidget(self.compare_button)
         row.addWidget(self.include_pp)
         layout.addLayout(row)
@@ -172,14 +177,47 @@ class DiagnoseWidget(QWidget):
         return box
 
     # ----- model ---------------------------------------------------------------------
+    def _fill_bundles(self) -> None:
+        models = self.session.models
+        self.bundle_combo.blockSignals(True)
+        self.bundle_combo.clear()
+        for info in models.bundles:
+            self.bundle_combo.addItem(info.title, str(info.path))
+            self.bundle_combo.setItemData(self.bundle_combo.count() - 1, str(info.path), Qt.ItemDataRole.ToolTipRole)
+        index = self.bundle_combo.findData(str(models.chosen)) if models.chosen else -1
+        self.bundle_combo.setCurrentIndex(index)
+        self.bundle_combo.blockSignals(False)
+        chosen = models.chosen_info
+        self.bundle_label.setText(chosen.label if chosen else "No bundle installed.")
+
+    def _fill_devices(self) -> None:
+        """The device list needs torch: filled in the background so the dock opens at once."""
+
+        def fill(devices) -> None:
+            for name, description in devices:
+                if self.device_combo.findData(name) < 0:
+                    self.device_combo.addItem(description, name)
+
+        def find():
+            from napari_covid_attention.models.device import available_devices
+
+            return available_devices()
+
+        self.session.scheduler.background(find, fill, lambda exc: notify_failure(exc, "finding devices"))
+
     def set_bundle(self, path: str | Path) -> None:
         """Select a bundle folder (adds it to the picker); used by Add… and by tests."""
-        info = bundle_info(Path(path))
-        index = self.bundle_combo.findData(str(info.path))
-        if index < 0:
-            self.bundle_combo.addItem(info.title, str(info.path))
-            index = self.bundle_combo.count() - 1
-        self.bundle_combo.setCurrentIndex(index)
+        self.session.models.choose(path)
+
+    def set_device(self, name: str) -> None:
+        if self.device_combo.findData(name) < 0:
+            self.device_combo.addItem(name, name)
+        self.device_combo.setCurrentIndex(self.device_combo.findData(name))
+
+    def _bundle_picked(self, index: int) -> None:
+        path = self.bundle_combo.itemData(index)
+        if path:
+            self.set_bundle(path)
 
     def _browse_bundle(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Choose a bundle folder")
@@ -187,128 +225,72 @@ class DiagnoseWidget(QWidget):
             try:
                 self.set_bundle(folder)
             except UserFacingError as exc:
-                _notify_error(str(exc))
+                notify_failure(exc, "adding a bundle")
 
-    def _show_bundle_label(self) -> None:
-        path = self.bundle_combo.currentData()
-        self.bundle_label.setText(bundle_info(Path(path)).label if path else "No bundle installed.")
+    # ----- the scan ------------------------------------------------------------------
+    def _ct_choices(self, _widget=None) -> list[tuple[str, object]]:
+        return [(scan.name, scan.ct_layer) for scan in self.session.cts()]
 
-    def _bundle(self, path: str) -> Bundle:
-        if path not in self._bundles:
-            self._bundles[path] = load_bundle(path)
-        return self._bundles[path]
+    def _picked_layer(self, layer) -> None:
+        scan = self.session.scan_of(layer)
+        if scan is not None:
+            self.session.set_active(scan)
+
+    def selected_scan(self) -> ScanSession | None:
+        return self.session.scan_of(self.layer_picker.value) or self.session.active
 
     # ----- diagnosis -----------------------------------------------------------------
-    def _refresh_layers(self, _event=None) -> None:
-        from napari.layers import Image
-
-        current = self.layer_combo.currentText()
-        self.layer_combo.clear()
-        for layer in self.viewer.layers:
-            is_plugin_map = (plugin_meta(layer.metadata) or {}).get("kind") in ops.MAP_TITLES
-            if isinstance(layer, Image) and not is_plugin_map and layer not in self.compare.added:
-                self.layer_combo.addItem(layer.name)
-        if current and self.layer_combo.findText(current) >= 0:
-            self.layer_combo.setCurrentText(current)
-
-    def selected_layer(self):
-        name = self.layer_combo.currentText()
-        if name and name in self.viewer.layers:
-            return self.viewer.layers[name]
-        return self.viewer.layers.selection.active
-
     def run_diagnosis(self, threaded: bool = True):
-        """Diagnose the selected layer; ``threaded=False`` runs in this thread (tests, demo)."""
-        self._threaded = threaded
-        layer = self.selected_layer()
-        if layer is None:
-            _notify_error("Open a CT scan first (File > Open, or File > Open Sample).")
+        """Diagnose the selected scan; ``threaded=False`` runs in this thread (tests, demo)."""
+        scan = self.selected_scan()
+        if scan is None:
+            notify_failure(UserFacingError("Open a CT scan first (File > Open, or File > Open Sample)."), "diagnosis")
             return None
         try:
-            volume = ops.ct_volume_of(layer)
+            volume = scan.volume()
         except UserFacingError as exc:
-            _notify_error(str(exc))
+            notify_failure(exc, "diagnosis")
             return None
-        bundle_path = self.bundle_combo.currentData()
-        if not bundle_path:
-            _notify_error("No model bundle is available; add one with Add….")
-            return None
-        device = self.device_combo.currentData() or "auto"
-        if self.compare.active:
+        models, device = self.session.models, self.device_combo.currentData() or "auto"
+        chosen, self._threaded = models.chosen, threaded
+        if self.session.compare.active:
             self.compare_button.setChecked(False)
-        if not threaded:
-            return self._run_here(self._job(volume, bundle_path, device), layer)
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(
-            self._job, volume, bundle_path, device, _progress={"total": len(STAGES) + 1, "desc": "COVID-19 diagnosis"}
-        )
-        worker.yielded.connect(self._on_stage)
-        worker.returned.connect(lambda result: self._on_result(result, layer))
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
         self._set_busy(True)
-        worker.start()
-        return worker
-
-    def _job(self, volume, bundle_path: str, device: str) -> Generator[str, None, Diagnosis]:
-        bundle = self._bundle(bundle_path)
-        yield "model loaded"
-        with one_core_for_the_gui() if self._threaded else contextlib.nullcontext():
-            steps = diagnose_steps(volume, bundle, device)
-            while True:  # re-yield (index, stage) as the stage name, for the progress display
-                try:
-                    stage = next(steps).phase
-                except StopIteration as done:
-                    return done.value
-                yield stage
-
-    def _run_here(self, job, layer) -> Diagnosis | None:
-        try:
-            result = run_to_end(job, self._on_stage)
-        except Exception as exc:  # noqa: BLE001 - shown to the user like the threaded path
-            self._on_error(exc)
-            return None
-        self._on_result(result, layer)
-        return result
+        return self.runner.start(
+            lambda: scan.diagnosis_job(volume, lambda: models.load(chosen), device),
+            progress=self._on_progress,
+            done=lambda diagnosis: self._on_result(scan, diagnosis),
+            failed=self._on_failed,
+            finished=self._on_finished,
+            threaded=threaded,
+        )
 
     def cancel(self) -> None:
         """Stop at the next stage boundary; nothing is added to the viewer."""
-        if self._worker is not None:
-            self._worker.quit()
+        if self.runner.running:
+            self.runner.cancel()
             self.status.setText("Cancelling after the current stage…")
 
-    def _on_stage(self, stage: str) -> None:
-        self.progress.setValue(min(self.progress.value() + 1, self.progress.maximum()))
-        self.status.setText(f"done: {stage}")
+    def _on_progress(self, event) -> None:
+        self.progress.setMaximum(max(event.total, 1))
+        self.progress.setValue(event.step)
+        self.status.setText(f"done: {event.phase}")
 
-    def _on_result(self, diagnosis: Diagnosis, layer) -> None:
+    def _on_result(self, scan: ScanSession, diagnosis) -> None:
         self.progress.setValue(self.progress.maximum())
-        if layer not in self.viewer.layers:
-            return  # the scan was closed while it was diagnosed
-        made = ops.add_diagnosis_layers(self.viewer, layer, diagnosis)
-        self._results[ops.scan_key(layer)] = (diagnosis, layer)
-        self.card.setText(result_card_html(diagnosis))
-        infection = made["infection_mask"]
-        infection.events.paint.connect(self._schedule_scores)
-        infection.events.data.connect(self._schedule_scores)
-        self.update_scores()
-        self._update_slice_readout()
+        if self.session.show_diagnosis(scan, diagnosis) is None:
+            self.status.setText("The scan was closed while it was diagnosed; nothing was added.")
+            return
+        self._show_active(scan)
         self.status.setText(f"Diagnosed in {diagnosis.timings_s['total']:.1f} s on {diagnosis.device}.")
 
-    def _on_error(self, exc: BaseException) -> None:
-        if isinstance(exc, UserFacingError):
-            _notify_error(str(exc))
-        else:
-            log.exception("diagnosis failed", exc_info=exc)
-            _notify_error(f"Diagnosis failed unexpectedly ({type(exc).__name__}: {exc}).")
-        self.status.setText("Diagnosis failed.")
+    def _on_failed(self, sentence: str) -> None:
+        self.progress.setValue(0)
+        self.status.setText(f"Diagnosis failed: {sentence}")
 
-    def _on_finished(self) -> None:
-        self._worker = None
+    def _on_finished(self, cancelled: bool) -> None:
         self._set_busy(False)
-        if self.status.text().startswith(("Cancelling", "done:")):
+        if cancelled:
             self.status.setText("Cancelled; nothing was added.")
             self.progress.setValue(0)
 
@@ -319,38 +301,53 @@ class DiagnoseWidget(QWidget):
             self.progress.setValue(0)
             self.status.setText("loading model")
 
-    # ----- results of the selected scan ------------------------------------------------
-    def current_result(self) -> tuple[Diagnosis, Image] | None:
-        layer = self.selected_layer()
-        return None if layer is None else self._results.get(ops.scan_key(layer))
+    # ----- what the active scan shows -----------------------------------------------
+    def _show_active(self, scan: ScanSession | None) -> None:
+        """Card, scores and readout of the active scan (cleared when it was closed)."""
+        if self._shown is not None and self._shown.correction is not None:
+            _disconnect_mask(self._shown.correction.layer, self._schedule_scores)
+        self._shown = scan
+        if scan is not None and scan.ct_layer is not self.layer_picker.value and scan.ct_layer in [c for _, c in self._ct_choices()]:
+            self.layer_picker.value = scan.ct_layer
+        diagnosis = None if scan is None else scan.diagnosis
+        self.card.setText(_PLACEHOLDER if diagnosis is None else result_card_html(diagnosis))
+        if scan is not None and scan.correction is not None:
+            scan.correction.layer.events.paint.connect(self._schedule_scores)
+            scan.correction.layer.events.data.connect(self._schedule_scores)
+        self.update_scores()
+        self._update_slice_readout()
+
+    def current_result(self):
+        """(diagnosis, CT layer) of the active scan, or None."""
+        scan = self.session.active
+        return None if scan is None or scan.diagnosis is None else (scan.diagnosis, scan.ct_layer)
 
     def _schedule_scores(self, _event=None) -> None:
         self._score_timer.start(_SCORE_DELAY_MS)
 
     def update_scores(self, threaded: bool | None = None) -> None:
-        """Localization scores of each map against the infection mask as it is now.
-
-        Resampling a full-size mask takes a moment, so it runs in a worker when the
-        diagnosis did (the table fills in when it is done).
-        """
+        """Localization scores of each map against the infection mask as it is now (in the
+        background: resampling a full-size mask takes a moment)."""
         found = self.current_result()
-        if found is None:
+        mask_layer = None if found is None else ops.layer_of_kind(self.viewer, found[1], "infection_mask")
+        if mask_layer is None:
             self.scores.setRowCount(0)
             return
-        diagnosis, layer = found
-        mask_layer = ops.layer_of_kind(self.viewer, layer, "infection_mask")
-        if mask_layer is None:
-            return
-        self.compare.refresh_twins()
+        diagnosis = found[0]
+        self.session.compare.refresh_twins()
         mask = np.array(mask_layer.data, copy=True)
-        if not (self._threaded if threaded is None else threaded):
-            self._show_scores(scores_rows(diagnosis.localization(mask)))
-            return
-        from napari.qt.threading import create_worker
+        scan = self.session.active
 
-        worker = create_worker(lambda: scores_rows(diagnosis.localization(mask)))
-        worker.returned.connect(self._show_scores)
-        worker.start()
+        def show(rows) -> None:
+            if self.session.active is scan:
+                self._show_scores(rows)
+
+        if not (self._threaded if threaded is None else threaded):
+            show(scores_rows(diagnosis.localization(mask)))
+            return
+        self.session.scheduler.background(
+            lambda: scores_rows(diagnosis.localization(mask)), show, lambda exc: notify_failure(exc, "scoring the maps")
+        )
 
     def _show_scores(self, rows) -> None:
         self.scores.setRowCount(len(rows))
@@ -358,26 +355,35 @@ class DiagnoseWidget(QWidget):
             for c, text in enumerate(row):
                 self.scores.setItem(r, c, QTableWidgetItem(text))
 
+    def _compare_maps(self) -> tuple[str, ...]:
+        return ("attention", "gradcam", "gradcam_pp") if self.include_pp.isChecked() else ("attention", "gradcam")
+
     def set_compare(self, on: bool) -> None:
+        compare = self.session.compare
         if not on:
-            self.compare.exit()
+            self.session.leave_compare()
             return
         found = self.current_result()
         if found is None:
-            _notify_error("Diagnose the scan first; then attention and Grad-CAM can be compared.")
+            notify_failure(UserFacingError("Diagnose the scan first; then attention and Grad-CAM can be compared."), "comparing")
             self.compare_button.setChecked(False)
             return
-        maps = ("attention", "gradcam", "gradcam_pp") if self.include_pp.isChecked() else ("attention", "gradcam")
-        self.compare.enter(found[1], maps)
+        compare.enter(found[1], self._compare_maps())
         # The canvas lays out the grid's view boxes on the next event loop turn; fitting
         # the camera before that would fit it to the old single view.
         QTimer.singleShot(0, self.viewer.reset_view)
 
+    def _compare_maps_changed(self, _on: bool) -> None:
+        compare = self.session.compare
+        if compare.active and hasattr(compare, "set_maps"):
+            compare.set_maps(self._compare_maps())
+
     # ----- review helpers ----------------------------------------------------------------
-    def _apply_window(self, preset: str) -> None:
-        layer = self.selected_layer()
-        if layer is not None and layer.__class__.__name__ == "Image":
-            apply_window(layer, preset)
+    def apply_window(self, preset: str) -> None:
+        """A CT window on the active scan's CT (never on a map or mask that happens to be selected)."""
+        scan = self.session.active
+        if scan is not None:
+            apply_window(scan.ct_layer, preset)
 
     def jump_to_infection(self) -> None:
         found = self.current_result()
@@ -412,7 +418,6 @@ class DiagnoseWidget(QWidget):
         self.slice_readout.setText(f"Slice {z}: infection {infected:.1f} cm²{share}")
 
 
-def _notify_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(message)
+def _disconnect_mask(layer, handler) -> None:
+    layer.events.paint.disconnect(handler)
+    layer.events.data.disconnect(handler)

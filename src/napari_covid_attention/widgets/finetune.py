@@ -1,8 +1,10 @@
-"""The "Fine-tune" dock widget: retrain from reviewed corrections, with progress, plot, cancel.
+"""The "Fine-tune" dock: retrain from reviewed corrections, with progress, plot, cancel.
 
-The job is :func:`napari_covid_attention.training.finetune.finetune` in a napari worker;
-this widget shows its events (a progress bar, a live loss plot, held-out Dice before and
-after), the decision and its reason, and the versions with a one-click rollback.
+A view of the session: the store and the model family come from it, and a promotion or a
+rollback refreshes the session's model choice, so the next diagnosis uses the new current
+version. The job is :func:`napari_covid_attention.training.finetune.finetune`, run by the
+one job adapter; a refusal (too few reviewed cases, a version that is not better) is a
+message, not an error.
 """
 
 from __future__ import annotations
@@ -18,53 +20,35 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
-from napari_covid_attention.annotations import AnnotationStore
 from napari_covid_attention.errors import UserFacingError
-from napari_covid_attention.jobs import run_to_end
-from napari_covid_attention.models.device import one_core_for_the_gui
-from napari_covid_attention.models.registry import (
-    DEMO_BUNDLE,
-    bundle_info,
-    current_bundle,
-    rollback,
-    versions,
-)
-from napari_covid_attention.settings import load_settings
-from napari_covid_attention.training.finetune import (
-    FinetuneConfig,
-    FinetuneEvent,
-    FinetuneResult,
-    finetune,
-)
+from napari_covid_attention.models.registry import bundle_info, current_bundle, rollback, versions
+from napari_covid_attention.widgets.jobs import JobRunner, session_of
+from napari_covid_attention.widgets.scrolling import ScrollingDock
 
 if TYPE_CHECKING:
     import napari
 
+class FinetuneWidget(ScrollingDock):
+    """Dock widget; tunes the current version of the session's model family."""
 
-class FinetuneWidget(QWidget):
-    """Dock widget; ``bundle_name`` is the bundle family whose current version is tuned."""
-
-    def __init__(self, napari_viewer: napari.Viewer, bundle_name: str = DEMO_BUNDLE) -> None:
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
-        self.viewer = napari_viewer
-        self.bundle_name = bundle_name
-        self.store_root = load_settings().get("store")
-        self.worker = None
-        self.result: FinetuneResult | None = None
+        self.session = session_of(napari_viewer)
+        self.viewer = self.session.viewer  # the viewer itself, not napari's proxy of it
+        self.runner = JobRunner("fine-tuning")
+        self.result = None
         self._losses: list[float] = []
 
-        layout = QVBoxLayout(self)
+        layout = self.content_layout
         box = QGroupBox("Fine-tune from reviewed corrections")
         grid = QGridLayout(box)
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.segmenter_epochs, self.classifier_epochs = QSpinBox(), QSpinBox()
-        for spin, value in ((self.segmenter_epochs, FinetuneConfig.segmenter_epochs), (self.classifier_epochs, FinetuneConfig.classifier_epochs)):
+        for spin in (self.segmenter_epochs, self.classifier_epochs):
             spin.setRange(1, 200)
-            spin.setValue(value)
         self.start_button = QPushButton("Fine-tune")
         self.start_button.clicked.connect(lambda: self.start())
         self.cancel_button = QPushButton("Cancel")
@@ -88,73 +72,80 @@ class FinetuneWidget(QWidget):
         versions_box = QGroupBox("Versions")
         vlayout = QVBoxLayout(versions_box)
         self.versions = QListWidget()
-        self.versions.setMaximumHeight(120)
+        self.versions.setMaximumHeight(100)
         self.rollback_button = QPushButton("Roll back to the previous version")
         self.rollback_button.clicked.connect(self.roll_back)
         vlayout.addWidget(self.versions)
         vlayout.addWidget(self.rollback_button)
         layout.addWidget(versions_box)
         layout.addStretch(1)
+        for signal in (self.session.reviewed_changed, self.session.store_changed, self.session.models.changed):
+            signal.connect(self.refresh)
         self.refresh()
+        self.session.scheduler.background(_default_epochs, self._show_defaults, lambda exc: None)
+
+    def _show_defaults(self, epochs: tuple[int, int]) -> None:
+        self.segmenter_epochs.setValue(epochs[0])
+        self.classifier_epochs.setValue(epochs[1])
+
+    @property
+    def family(self) -> str:
+        return self.session.models.family
 
     def refresh(self) -> None:
-        """Reviewed-case count and the versions list (after a job, a rollback, or on request)."""
-        with AnnotationStore(self.store_root) as store:
-            reviewed = store.reviewed_cases()
-        current = current_bundle(self.bundle_name)
+        """Reviewed-case count and the versions list, as they are now."""
+        current = current_bundle(self.family)
         title = "none" if current is None else bundle_info(current).version
         self.summary.setText(
-            f"{len(reviewed)} reviewed case(s) in the store. Current {self.bundle_name} version: {title}."
+            f"{self.session.reviewed_count()} reviewed case(s) in the store. Current {self.family} version: {title}."
         )
         self.versions.clear()
-        for info in reversed(versions(self.bundle_name)):
+        for info in reversed(versions(self.family)):
             parent = f" (from {info.parent['version']})" if info.parent else ""
             self.versions.addItem(f"{info.title}{parent}")
+            self.versions.item(self.versions.count() - 1).setToolTip(str(info.path))
 
     def start(self, threaded: bool = True):
         """Start a job; ``threaded=False`` runs it here (tests)."""
-        config = FinetuneConfig(
-            bundle=self.bundle_name if current_bundle(self.bundle_name) else None,
-            store_root=self.store_root,
-            segmenter_epochs=self.segmenter_epochs.value(),
-            classifier_epochs=self.classifier_epochs.value(),
-        )
-        self._losses = []
-        self.result = None
-        self._set_busy(True)
-        if not threaded:
-            try:
-                self._on_result(run_to_end(finetune(config), self._on_event))
-            except UserFacingError as exc:
-                self._on_error(exc)
-            self._set_busy(False)
-            return None
-        from napari.qt.threading import create_worker
+        current = current_bundle(self.family)
+        store_root = self.session.store.root
+        segmenter_epochs, classifier_epochs = self.segmenter_epochs.value(), self.classifier_epochs.value()
 
-        self.worker = create_worker(_finetune_beside_the_gui, config, _progress={"desc": "Fine-tuning"})
-        self.worker.yielded.connect(self._on_event)
-        self.worker.returned.connect(self._on_result)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(lambda: self._set_busy(False))
-        self.worker.start()
-        return self.worker
+        def job():
+            from napari_covid_attention.training.finetune import FinetuneConfig, finetune
+
+            # The current version's folder, never the bare name: a "demo" folder in the
+            # working directory must not be taken for the model.
+            config = FinetuneConfig(
+                bundle=current, store_root=store_root,
+                segmenter_epochs=segmenter_epochs, classifier_epochs=classifier_epochs,
+            )
+            return (yield from finetune(config))
+
+        self._losses, self.result = [], None
+        self._set_busy(True)
+        self.status.setText("Preparing the reviewed cases…")
+        return self.runner.start(
+            job, progress=self._on_event, done=self._on_result, failed=self._on_failed, finished=self._on_finished,
+            threaded=threaded,
+        )
 
     def cancel(self) -> None:
-        """Stop at the next step; nothing is saved and the current version stays."""
-        if self.worker is not None:
-            self.worker.quit()
-            self.status.setText("Cancelled: nothing was saved; the current version is unchanged.")
+        """Stop at the next step; a version is saved only with its decision, never half."""
+        if self.runner.running:
+            self.runner.cancel()
+            self.status.setText("Cancelling at the next step…")
 
     def roll_back(self) -> None:
         try:
-            path = rollback(self.bundle_name)
+            path = rollback(self.family)
         except UserFacingError as exc:
             self.status.setText(str(exc))
             return
         self.status.setText(f"Rolled back: {path.name} is current again.")
-        self.refresh()
+        self.session.models.refresh()
 
-    def _on_event(self, event: FinetuneEvent) -> None:
+    def _on_event(self, event) -> None:
         self.progress.setMaximum(max(event.total, 1))
         self.progress.setValue(event.step)
         text = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
@@ -164,23 +155,28 @@ class FinetuneWidget(QWidget):
             if len(self._losses) % 5 == 0:
                 self._plot()
 
-    def _on_result(self, result: FinetuneResult) -> None:
+    def _on_result(self, result) -> None:
         self.result = result
         verdict = "Promoted" if result.promoted else "Not promoted"
         self.status.setText(
             f"{verdict}: version {result.version} ({result.reason}). Held-out cases: {result.n_val}, training cases: {result.n_train}."
         )
         self._plot(before=result.before["dice"], after=result.after["dice"])
-        self.refresh()
+        self.session.models.refresh()  # the picker and the next diagnosis follow a promotion
 
-    def _on_error(self, exc: BaseException) -> None:
-        self.status.setText(str(exc) if isinstance(exc, UserFacingError) else f"Fine-tuning failed ({type(exc).__name__}: {exc}).")
+    def _on_failed(self, sentence: str) -> None:
+        self.progress.setValue(0)
+        self.status.setText(sentence)
+
+    def _on_finished(self, cancelled: bool) -> None:
+        self._set_busy(False)
+        if cancelled and self.result is None:
+            self.progress.setValue(0)
+            self.status.setText("Cancelled: nothing was saved; the current version is unchanged.")
 
     def _set_busy(self, busy: bool) -> None:
         self.start_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
-        if not busy:
-            self.worker = None
 
     def _plot(self, before: float | None = None, after: float | None = None) -> None:
         self.figure.clear()
@@ -194,17 +190,19 @@ class FinetuneWidget(QWidget):
         self.canvas.draw_idle()
 
 
+def _default_epochs() -> tuple[int, int]:
+    """FinetuneConfig's defaults (the one place they are set); importing it loads torch,
+    so the dock asks in the background."""
+    from napari_covid_attention.training.finetune import FinetuneConfig
+
+    return FinetuneConfig.segmenter_epochs, FinetuneConfig.classifier_epochs
+
+
 def _make_plot():
     from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(3.5, 2.2), dpi=90)
+    figure = Figure(figsize=(3.5, 2.0), dpi=90)
     canvas = FigureCanvasQTAgg(figure)
-    canvas.setMinimumHeight(160)
+    canvas.setMinimumHeight(140)
     return figure, canvas
-
-
-def _finetune_beside_the_gui(config: FinetuneConfig):
-    """The fine-tuning job, leaving one core to napari's main thread."""
-    with one_core_for_the_gui():
-        return (yield from finetune(config))

@@ -3,8 +3,8 @@
 Any job (a generator of :class:`~napari_covid_attention.jobs.Progress`) runs in a napari
 worker with progress, cancel, result and a single error path: a
 :class:`~napari_covid_attention.errors.UserFacingError` is a message (a warning, not an
-error with a traceback), anything else is logged and shown once. Connecting ``errored``
-is what stops superqt from re-raising, which showed every error twice.
+error with a traceback), anything else is logged and shown once. Handing ``errored`` to
+``create_worker`` is what stops superqt from re-raising, which showed every error twice.
 """
 
 from __future__ import annotations
@@ -75,10 +75,16 @@ class JobRunner:
             with one_core_for_the_gui():  # torch on every core starves napari's main thread
                 return (yield from job())
 
-        worker = create_worker(beside_the_gui, _progress={"desc": self.what})
+        # errored must be given to create_worker: connected afterwards, superqt's own
+        # re-raise stays connected too and every error is shown twice.
+        worker = create_worker(
+            beside_the_gui,
+            _progress={"desc": self.what},
+            _start_thread=False,
+            _connect={"errored": lambda exc: failed(notify_failure(exc, self.what))},
+        )
         worker.yielded.connect(progress)
         worker.returned.connect(done)
-        worker.errored.connect(lambda exc: failed(notify_failure(exc, self.what)))
         worker.finished.connect(self._finished(finished))
         self.worker = worker
         worker.start()
@@ -120,9 +126,15 @@ class QtScheduler:
     def background(self, work, done, failed) -> None:
         from napari.qt.threading import create_worker
 
-        worker = create_worker(work)
+        worker = create_worker(work, _connect={"errored": failed}, _start_thread=False)  # see JobRunner.start
         worker.returned.connect(done)
-        worker.errored.connect(failed)
         worker.finished.connect(lambda: self._workers.discard(worker))
         self._workers.add(worker)
         worker.start()
+
+
+def session_of(viewer):
+    """The viewer's one Session, on the Qt scheduler (shared by every dock of the viewer)."""
+    from napari_covid_attention.session import session_for
+
+    return session_for(viewer, QtScheduler)

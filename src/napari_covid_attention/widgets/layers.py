@@ -17,7 +17,6 @@ from napari_covid_attention._layer_data import (
     plugin_meta,
     volume_from_layer,
 )
-from napari_covid_attention.diagnosis import Diagnosis
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io.geometry import layer_transform
 from napari_covid_attention.io.volume import CTVolume, looks_like_hu
@@ -27,6 +26,8 @@ if TYPE_CHECKING:
     from napari.components import ViewerModel
     from napari.layers import Image, Layer
     from napari.utils.colormaps import Colormap
+
+    from napari_covid_attention.diagnosis import Diagnosis
 
 MAP_TITLES = {"attention": "attention", "gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++"}
 LUNG_COLORS = {RIGHT_LUNG: "#33d6ff", LEFT_LUNG: "#ffd633"}
@@ -58,6 +59,18 @@ def ct_volume_of(layer: Layer) -> CTVolume:
 def scan_key(layer: Layer) -> str:
     """Identifies a CT layer for the layers made from it (stable for the session)."""
     return str(layer.unique_id)
+
+
+def ct_layer_of(viewer: ViewerModel, layer: Layer | None) -> Layer | None:
+    """The CT a layer belongs to: itself when it is a CT, its scan's CT for a map or mask."""
+    from napari_covid_attention.session.session import is_ct
+
+    if layer is None:
+        return None
+    if is_ct(layer):
+        return layer
+    key = (plugin_meta(layer.metadata) or {}).get("scan")
+    return next((c for c in viewer.layers if key is not None and scan_key(c) == key), None)
 
 
 def plugin_layers_of(viewer: ViewerModel, ct_layer: Layer) -> list[Layer]:

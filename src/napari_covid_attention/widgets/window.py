@@ -21,16 +21,15 @@ def apply_window(layer, preset: str) -> None:
 
 
 def target_image_layer(viewer: napari.Viewer):
-    """The selected image layer, else the top-most 3D image layer, else None."""
-    from napari.layers import Image
+    """The CT of the selected layer (a CT, or one of its maps or masks), else the top-most
+    CT, else None: a CT window never lands on an attention map."""
+    from napari_covid_attention.session.session import is_ct
+    from napari_covid_attention.widgets.layers import ct_layer_of
 
-    active = viewer.layers.selection.active
-    if isinstance(active, Image):
-        return active
-    for layer in reversed(viewer.layers):
-        if isinstance(layer, Image) and layer.ndim >= 3 and not layer.rgb:
-            return layer
-    return None
+    found = ct_layer_of(viewer, viewer.layers.selection.active)
+    if found is not None:
+        return found
+    return next((layer for layer in reversed(viewer.layers) if is_ct(layer)), None)
 
 
 class WindowPresetWidget(QWidget):
