@@ -264,7 +264,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_bundles(args: argparse.Namespace) -> int:
-    from napari_covid_attention.models.registry import list_bundles, rollback
+    from napari_covid_attention.models.registry import broken_bundles, list_bundles, rollback
 
     if args.rollback:
         path = rollback(args.rollback)
@@ -272,6 +272,8 @@ def _cmd_bundles(args: argparse.Namespace) -> int:
     for info in list_bundles():
         parent = f" <- {info.parent['version']}" if info.parent else ""
         print(f"{info.title}{parent}  [{info.path}]")
+    for broken in broken_bundles():
+        print(f"broken  [{broken.path}]: {broken.reason}")
     return 0
 
 
