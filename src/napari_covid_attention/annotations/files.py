@@ -8,8 +8,11 @@ name (temporary file, fsync, rename, directory fsync) or not at all.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,73 @@ class AnnotationStoreError(UserFacingError):
 
 class DamagedMaskError(AnnotationStoreError):
     """A stored mask file is missing or no longer holds the mask its hash names."""
+
+
+class StoreBusyError(AnnotationStoreError):
+    """Another program held the store's write lock for longer than the busy timeout."""
+
+
+class StoreReadOnlyError(AnnotationStoreError):
+    """The store's folder, index or masks cannot be written by this user."""
+
+
+class StoreDiskFullError(AnnotationStoreError):
+    """The disk (or quota) holding the store has no room left."""
+
+
+class DamagedIndexError(AnnotationStoreError):
+    """The index is missing, empty or not an index while mask files exist: never replaced."""
+
+
+_READ_ONLY_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+def busy(root: Path) -> StoreBusyError:
+    return StoreBusyError(f"The annotation store at {root} is busy: another program is writing to it; try again.")
+
+
+def read_only(root: Path) -> StoreReadOnlyError:
+    return StoreReadOnlyError(
+        f"The annotation store at {root} is read-only: choose a folder you can write to "
+        "(or ask for write access to this one)."
+    )
+
+
+def disk_full(root: Path) -> StoreDiskFullError:
+    return StoreDiskFullError(
+        f"The disk holding the annotation store at {root} is full: free some space, then save again "
+        "(nothing was saved, and everything saved before is intact)."
+    )
+
+
+def os_error(exc: OSError, root: Path) -> AnnotationStoreError:
+    """The one-sentence store error for an OS error while writing under ``root``."""
+    if exc.errno in _FULL_ERRNOS:
+        return disk_full(root)
+    if exc.errno in _READ_ONLY_ERRNOS or isinstance(exc, PermissionError):
+        return read_only(root)
+    reason = exc.strerror or exc.__class__.__name__
+    return AnnotationStoreError(f"The annotation store at {root} could not be written ({reason}).")
+
+
+@contextmanager
+def store_writes(root: Path) -> Iterator[None]:
+    """OS errors of the writes inside become one-sentence store errors."""
+    try:
+        yield
+    except AnnotationStoreError:
+        raise
+    except OSError as exc:
+        raise os_error(exc, root) from exc
+
+
+def mask_files(folder: Path) -> list[Path]:
+    """The complete mask files in ``folder`` (temporary files of saves in progress left out)."""
+    try:
+        return [p for p in folder.iterdir() if p.suffix == MASK_SUFFIX and not p.name.startswith(TEMP_PREFIX)]
+    except OSError:
+        return []
 
 
 def as_mask(mask: np.ndarray) -> np.ndarray:
@@ -107,8 +177,8 @@ def remove_stale_temp_files(folder: Path) -> None:
         try:
             if path.stat().st_mtime < cutoff:
                 path.unlink()
-        except FileNotFoundError:
-            pass  # another process removed it first
+        except OSError:
+            pass  # another process removed it first, or a read-only folder: harmless leftovers
 
 
 def _damaged(path: Path) -> DamagedMaskError:

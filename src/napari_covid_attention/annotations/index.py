@@ -9,13 +9,21 @@ so "nothing is ever lost" holds even against a bug elsewhere in the plugin.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from napari_covid_attention.annotations.files import AnnotationStoreError
+from napari_covid_attention.annotations.files import (
+    AnnotationStoreError,
+    DamagedIndexError,
+    busy,
+    disk_full,
+    mask_files,
+    read_only,
+)
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
@@ -129,15 +137,89 @@ class Case:
     final_path: Path | None
 
 
-def connect(path: Path) -> sqlite3.Connection:
+SQLITE_HEADER = b"SQLite format 3\x00"
+# Primary SQLite result codes (the low byte of extended codes).
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+
+
+class _IndexConnection(sqlite3.Connection):
+    """A connection whose SQLite errors about the store itself (busy, read-only, full,
+    damaged) become one-sentence store errors; others (a bug's SQL) stay as they are."""
+
+    index_path: Path
+
+    def execute(self, *args):  # type: ignore[override]
+        try:
+            return super().execute(*args)
+        except sqlite3.Error as exc:
+            error = store_error(exc, self.index_path)
+            if error is None:
+                raise
+            raise error from exc
+
+    def executescript(self, script):  # type: ignore[override]
+        try:
+            return super().executescript(script)
+        except sqlite3.Error as exc:
+            error = store_error(exc, self.index_path)
+            if error is None:
+                raise
+            raise error from exc
+
+
+def store_error(exc: sqlite3.Error, path: Path) -> AnnotationStoreError | None:
+    """The one-sentence store error for an SQLite error on the index at ``path`` (or None)."""
+    root = path.parent
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc).lower()
+    if code is None:  # Python < 3.11: only the message tells
+        for words, guess in (
+            ("locked", _BUSY), ("readonly", _READONLY), ("is full", _FULL), ("unable to open", _CANTOPEN),
+            ("not a database", _NOTADB), ("malformed", _CORRUPT), ("disk i/o", _IOERR),
+        ):
+            if words in text:
+                code = guess
+                break
+        else:
+            return None
+    code &= 0xFF
+    if code in (_BUSY, _LOCKED):
+        return busy(root)
+    if code == _READONLY:
+        return read_only(root)
+    if code == _FULL:
+        return disk_full(root)
+    if code == _CANTOPEN:
+        writable = os.access(root, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+        if not writable:
+            return read_only(root)
+        return AnnotationStoreError(f"The annotation index {path} cannot be opened ({exc}); check that its folder exists and is on a working disk.")
+    if code == _IOERR:
+        return AnnotationStoreError(f"The annotation store at {root} could not be read or written ({exc}); check the disk, then try again.")
+    if code in (_CORRUPT, _NOTADB):
+        return DamagedIndexError(f"The annotation index {path} is damaged ({exc}); restore it from a backup.")
+    return None
+
+
+def connect(path: Path, masks_dir: Path | None = None) -> sqlite3.Connection:
     """Open (creating if needed) and check the index; AnnotationStoreError if it is damaged.
 
-    Autocommit mode: writers issue BEGIN IMMEDIATE themselves. The connection may be used
-    from any thread, one at a time (the store holds a lock around it).
+    An index that is missing, empty (0 bytes) or not SQLite while ``masks_dir`` holds mask
+    files is refused and left as it is: opening it would show an empty store and orphan
+    every mask. Autocommit mode: writers issue BEGIN IMMEDIATE themselves. The connection
+    may be used from any thread, one at a time (the store holds a lock around it).
     """
-    db = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-    )
+    _check_index_file(path, masks_dir)
+    try:
+        db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False, factory=_IndexConnection
+        )
+    except sqlite3.Error as exc:
+        error = store_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
+    db.index_path = path
     db.row_factory = sqlite3.Row
     try:
         verdict = db.execute("PRAGMA quick_check").fetchone()[0]
@@ -147,15 +229,48 @@ def connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = FULL")  # a committed save survives power loss too
         db.execute("PRAGMA foreign_keys = ON")
         _create_schema(db)
+    except AnnotationStoreError:
+        db.close()
+        raise
     except sqlite3.DatabaseError as exc:
         db.close()
-        raise AnnotationStoreError(
+        raise DamagedIndexError(
             f"The annotation index {path} is damaged ({exc}); restore it from a backup."
         ) from exc
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _check_index_file(path: Path, masks_dir: Path | None) -> None:
+    """Refuse an index that would open as an empty store beside stored masks, or a foreign file."""
+    try:
+        size = path.stat().st_size
+        header = b""
+        if size:
+            with open(path, "rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        size, header = None, b""
+    except OSError:
+        return  # unreadable: SQLite's own error says why
+    if size:
+        if header != SQLITE_HEADER:
+            kept = f" (the masks in {masks_dir} are kept)" if masks_dir is not None else ""
+            raise DamagedIndexError(
+                f"The annotation index {path} is damaged: it is not an annotation index (not an SQLite "
+                f"database); restore it from a backup{kept}."
+            )
+        return
+    masks = mask_files(masks_dir) if masks_dir is not None else []
+    if masks:
+        state = "missing" if size is None else "empty (0 bytes)"
+        raise DamagedIndexError(
+            f"The annotation index {path} is {state} but {masks_dir} holds {len(masks)} mask files: "
+            "restore index.sqlite from a backup, or move the whole store folder aside to start an "
+            "empty store (it was not replaced by an empty one)."
+        )
 
 
 def version_from_row(row: sqlite3.Row) -> Version:

@@ -43,8 +43,10 @@ from napari_covid_attention.annotations.files import (
     DamagedMaskError,
     as_mask,
     mask_digest,
+    os_error,
     read_mask,
     remove_stale_temp_files,
+    store_writes,
     write_mask,
     write_npz_atomic,
 )
@@ -83,7 +85,7 @@ class AnnotationStore:
         self._lock = threading.RLock()
         self._original_cache: tuple[str, np.ndarray] | None = None
         self._create_folders()
-        self._db = connect(self.root / "index.sqlite")
+        self._db = connect(self.root / "index.sqlite", self.masks_dir)
         self.problems: tuple[str, ...] = tuple(self.check())
 
     def close(self) -> None:
@@ -188,7 +190,8 @@ class AnnotationStore:
         existing = self._original(case_id)
         if existing is not None:
             return _same_original(existing, digest)
-        file = write_mask(self.masks_dir, mask, digest)  # durable before any row names it
+        with store_writes(self.root):
+            file = write_mask(self.masks_dir, mask, digest)  # durable before any row names it
         with self._writing():
             existing = self._original(case_id)
             if existing is not None:  # another process stored one meanwhile
@@ -257,8 +260,9 @@ class AnnotationStore:
             raise AnnotationStoreError(f"This scan is not the scan of case {case_id}.")
         target = self.scans_dir / f"{case.identity}.npz"
         if not target.is_file():
-            self.scans_dir.mkdir(exist_ok=True)
-            write_npz_atomic(target, hu=np.ascontiguousarray(volume.hu))
+            with store_writes(self.root):
+                self.scans_dir.mkdir(exist_ok=True)
+                write_npz_atomic(target, hu=np.ascontiguousarray(volume.hu))
         return target
 
     def load_scan(self, case_id: int) -> CTVolume | None:
@@ -306,9 +310,7 @@ class AnnotationStore:
             self.masks_dir.mkdir(parents=True, exist_ok=True)
             fsync_dir(self.root)
         except OSError as exc:
-            raise AnnotationStoreError(
-                f"The annotation store folder {self.root} cannot be created ({exc.strerror})."
-            ) from exc
+            raise os_error(exc, self.root) from exc
         remove_stale_temp_files(self.masks_dir)
 
     @contextmanager
@@ -319,7 +321,8 @@ class AnnotationStore:
             try:
                 yield
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
@@ -340,7 +343,8 @@ class AnnotationStore:
             return case.final
         original = self._original(case_id)
         dice = self._dice_with_original(original, mask)
-        file = write_mask(self.masks_dir, mask, digest)  # durable before any row names it
+        with store_writes(self.root):
+            file = write_mask(self.masks_dir, mask, digest)  # durable before any row names it
         with self._writing():
             final = self._final(case_id)
             if final is not None and final.sha256 == digest:  # the same save from elsewhere
