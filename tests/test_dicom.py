@@ -434,6 +434,91 @@ def test_list_series_of_a_file_is_its_series(tmp_path: Path) -> None:
     assert len(infos) == 1 and infos[0].n_images == 8
 
 
+def _strip(files: list[Path], *keywords: str) -> None:
+    """Delete elements from every file, as some anonymisers do."""
+    for path in files:
+        ds = pydicom.dcmread(path)
+        for keyword in keywords:
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(path)
+
+
+def test_series_without_uid_is_grouped_by_what_else_identifies_it(tmp_path: Path) -> None:
+    """Files without SeriesInstanceUID were 8 one-file series: 'a single 2D slice'."""
+    series = write_series(tmp_path, extra={"SeriesNumber": 4})
+    _strip(series.files, "SeriesInstanceUID")
+    volume = load_ct(tmp_path)
+    assert np.array_equal(volume.hu, expected_hu(series).astype(np.int16))
+    assert load_ct(series.files[5]).identity == volume.identity
+    infos = dicom.list_series(tmp_path)
+    assert [info.n_images for info in infos] == [8]
+
+
+def test_series_without_uid_are_told_apart_by_study_number_and_spacing(tmp_path: Path) -> None:
+    study, frame = generate_uid(), generate_uid()
+    same = {"StudyInstanceUID": study, "FrameOfReferenceUID": frame}
+    groups = [
+        write_series(tmp_path, n=6, extra={**same, "SeriesNumber": 2}, names=[f"a{i}" for i in range(6)]),
+        write_series(tmp_path, n=5, extra={**same, "SeriesNumber": 3}, names=[f"b{i}" for i in range(5)]),
+        write_series(
+            tmp_path, n=4, spacing=(0.5, 0.5), extra={**same, "SeriesNumber": 3},
+            names=[f"c{i}" for i in range(4)],
+        ),
+        write_series(
+            tmp_path, n=3, extra={"StudyInstanceUID": generate_uid(), "SeriesNumber": 2},
+            names=[f"d{i}" for i in range(3)],
+        ),
+    ]
+    for group in groups:
+        _strip(group.files, "SeriesInstanceUID")
+    infos = dicom.list_series(tmp_path)
+    assert sorted(info.n_images for info in infos) == [3, 4, 5, 6]
+    assert len({info.series_key for info in infos}) == 4
+    assert load_ct(tmp_path).shape == (6, 32, 24)
+    assert load_ct(tmp_path / "c2").shape == (4, 32, 24)
+
+
+def test_real_series_without_uid_loads_like_the_original(
+    chest_series_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "anonymised"
+    shutil.copytree(chest_series_dir, folder)
+    files = sorted(folder.glob("*.dcm"))
+    _strip(files, "SeriesInstanceUID")
+    volume = load_ct(folder)
+    assert volume.shape == (30, 512, 512)
+    assert volume.identity == load_ct(chest_series_dir).identity
+    assert len(dicom.list_series(folder)) == 1
+
+
+@pytest.mark.parametrize("uid", [True, False], ids=["with-uid", "without-uid"])
+def test_slices_all_at_one_position_are_not_called_a_single_slice(
+    tmp_path: Path, uid: bool
+) -> None:
+    series = write_series(tmp_path, n=48, rows=4, cols=4, positions=np.zeros((48, 3)))
+    if not uid:
+        _strip(series.files, "SeriesInstanceUID")
+    with pytest.raises(CTLoadError, match="48 slices all at the same position") as error:
+        load_ct(tmp_path)
+    assert "single 2D slice" not in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_lone_file_without_uid_says_why_it_was_not_grouped(tmp_path: Path) -> None:
+    series = write_series(tmp_path, n=2)
+    ds = pydicom.dcmread(series.files[1])
+    ds.Rows, ds.Columns, ds.PixelData = 16, 16, np.zeros((16, 16), np.uint16).tobytes()
+    ds.save_as(series.files[1])
+    _strip(series.files, "SeriesInstanceUID")
+    with pytest.raises(CTLoadError, match="single 2D slice.*no SeriesInstanceUID") as error:
+        load_ct(tmp_path)
+    assert "\n" not in str(error.value)
+    with pytest.raises(CTLoadError, match="single 2D slice; open the folder") as error:
+        load_ct(write_series(tmp_path / "one", n=1).files[0])  # with its UID: as before
+    assert "SeriesInstanceUID" not in str(error.value)
+
+
 def test_dicomdir_loads_its_series(tmp_path: Path) -> None:
     from pydicom.fileset import FileSet
 

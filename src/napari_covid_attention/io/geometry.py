@@ -59,6 +59,26 @@ def orientation_of(affine: np.ndarray) -> np.ndarray:
     return nib_ornt.io_orientation(np.asarray(affine, dtype=float))
 
 
+def affine_problem(affine: np.ndarray) -> str | None:
+    """Why a core affine cannot place voxels in space (end of a sentence), or None.
+
+    Catches what would otherwise fail deep inside the reorientation (NaN, infinite,
+    zero-length or parallel voxel axes, axes of wildly different lengths) or give
+    meaningless volumes and distances.
+    """
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        return "its voxel-to-world geometry holds NaN or infinite values"
+    lengths = np.linalg.norm(affine[:3, :3], axis=0)
+    if lengths.min() <= 0 or lengths.max() / lengths.min() > 1e6:
+        return "its voxel-to-world geometry is degenerate (a voxel axis of zero or absurd length)"
+    if abs(np.linalg.det(affine[:3, :3])) / np.prod(lengths) < 1e-6:
+        return "its voxel-to-world geometry is singular (its voxel axes are not independent)"
+    if np.isnan(orientation_of(affine)).any():
+        return "its voxel-to-world geometry cannot be oriented"
+    return None
+
+
 def reorient(
     array: np.ndarray, affine: np.ndarray, target: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

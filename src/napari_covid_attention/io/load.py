@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from napari_covid_attention.io.files import check_input_file, check_input_folder
 from napari_covid_attention.io.nifti import is_nifti_path, load_nifti
 from napari_covid_attention.io.volume import CTLoadError, CTVolume
 
@@ -24,6 +25,10 @@ def load_ct(path: str | os.PathLike, series: str | None = None) -> CTVolume:
     path = Path(path)
     if not path.exists():
         raise CTLoadError(f"{path} does not exist.")
+    if path.is_dir():
+        check_input_folder(path)
+    else:  # pipes, sockets and devices are refused here: opening a pipe would block
+        check_input_file(path)
     if not path.is_dir() and is_nifti_path(path):
         return load_nifti(path)
 

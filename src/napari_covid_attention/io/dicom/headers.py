@@ -38,6 +38,11 @@ from pydicom.uid import (
 )
 
 from napari_covid_attention.io.dicom.messages import short_message
+from napari_covid_attention.io.files import (
+    NotRegularFile,
+    open_regular,
+    reason_unreadable,
+)
 from napari_covid_attention.io.volume import CTLoadError
 
 # Elements up to this size are read with the header; larger ones (pixel data, vendor
@@ -65,11 +70,14 @@ TAG = {
     "SliceThickness": 0x00180050,
     "KVP": 0x00180060,
     "ConvolutionKernel": 0x00181210,
+    "StudyInstanceUID": 0x0020000D,
     "SeriesInstanceUID": 0x0020000E,
+    "SeriesNumber": 0x00200011,
     "AcquisitionNumber": 0x00200012,
     "InstanceNumber": 0x00200013,
     "ImagePositionPatient": 0x00200032,
     "ImageOrientationPatient": 0x00200037,
+    "FrameOfReferenceUID": 0x00200052,
     "SamplesPerPixel": 0x00280002,
     "PhotometricInterpretation": 0x00280004,
     "NumberOfFrames": 0x00280008,
@@ -123,6 +131,10 @@ class Unreadable(Exception):
     """The file looks like DICOM but its header cannot be parsed."""
 
 
+class CannotRead(Unreadable):
+    """The file cannot be opened or read at all (permission denied, I/O error)."""
+
+
 class _Fallback(Exception):
     """The fast header walker cannot handle this file; pydicom will."""
 
@@ -134,9 +146,9 @@ class _PastEnd(_Fallback):
 def is_dicom_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a DICOM file, judged from its first kilobyte only."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             return _looks_like_dicom(handle.read(_PROBE_BYTES))
-    except OSError:
+    except OSError:  # also pipes, sockets and devices, which are never opened blocking
         return False
 
 
@@ -144,10 +156,11 @@ def read_file(path: Path) -> RawHeader:
     """The header of one file, read once, with the pixel data left on disk.
 
     The common encodings (little endian with a meta header) are walked by
-    :func:`_walk_header`; anything else goes through ``pydicom.dcmread``.
+    :func:`_walk_header`; anything else goes through ``pydicom.dcmread``. Pipes,
+    sockets and devices are not DICOM files (and are never opened blocking).
     """
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, capped=True) as handle:
             window = _Window(handle, os.fstat(handle.fileno()).st_size)
             if not _looks_like_dicom(window.get(0, min(window.size, _PROBE_BYTES))):
                 raise NotDicom
@@ -161,8 +174,10 @@ def read_file(path: Path) -> RawHeader:
             except Exception as exc:  # pydicom raises many types on damaged headers
                 raise Unreadable(short_message(exc)) from exc
             return _from_dataset(ds, window.size)
+    except NotRegularFile:
+        raise NotDicom from None
     except OSError as exc:
-        raise Unreadable(exc.strerror or "it cannot be opened") from exc
+        raise CannotRead(reason_unreadable(exc)) from exc
 
 
 def read_single(path: Path) -> RawHeader:
@@ -171,6 +186,8 @@ def read_single(path: Path) -> RawHeader:
         return read_file(path)
     except NotDicom:
         raise CTLoadError(f"{path.name} is not a DICOM file.") from None
+    except CannotRead as exc:
+        raise CTLoadError(f"{path.name} cannot be read: {exc}.") from None
     except Unreadable as exc:
         raise CTLoadError(
             f"{path.name} is truncated or damaged: its DICOM header cannot be read ({exc})."

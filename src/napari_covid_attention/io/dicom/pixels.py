@@ -27,6 +27,11 @@ from napari_covid_attention.io.dicom.headers import encapsulated
 from napari_covid_attention.io.dicom.messages import short_message
 from napari_covid_attention.io.dicom.slices import FileHeader, Slice
 from napari_covid_attention.io.dicom.stack import Stack
+from napari_covid_attention.io.files import (
+    NotRegularFile,
+    open_regular,
+    reason_unreadable,
+)
 from napari_covid_attention.io.volume import AIR_HU, CTLoadError
 
 _WORKERS = max(2, min(8, os.cpu_count() or 2))
@@ -61,18 +66,25 @@ def read_pixels(
 def _decode_file(header: FileHeader, frames: list[tuple[int, int]], raw: np.ndarray) -> None:
     """Decode the wanted frames of one file into their rows of ``raw``."""
     syntax = header.transfer_syntax
-    if syntax == DeflatedExplicitVRLittleEndian or header.pixel_offset is None:
-        _decode_with_dataset(header, frames, raw)
-    elif encapsulated(syntax):
-        _decode_encapsulated(header, frames, raw)
-    else:
-        _read_native(header, frames, raw)
+    try:
+        if syntax == DeflatedExplicitVRLittleEndian or header.pixel_offset is None:
+            _decode_with_dataset(header, frames, raw)
+        elif encapsulated(syntax):
+            _decode_encapsulated(header, frames, raw)
+        else:
+            _read_native(header, frames, raw)
+    except NotRegularFile as exc:  # replaced by a pipe or device since its header was read
+        raise CTLoadError(f"{header.path.name} is {exc.kind}, not a file.") from None
+    except OSError as exc:  # e.g. its permissions changed since its header was read
+        raise CTLoadError(
+            f"{header.path.name} cannot be read: {reason_unreadable(exc)}."
+        ) from None
 
 
 def _read_native(header: FileHeader, frames: list[tuple[int, int]], raw: np.ndarray) -> None:
     """Uncompressed data: read the bytes at the pixel data offset into the output rows."""
     size = header.frame_bytes
-    with open(header.path, "rb", buffering=0) as handle:
+    with open_regular(header.path, buffering=0) as handle:
         for frame, index in frames:
             handle.seek(header.pixel_offset + frame * size)
             target = raw[index]
@@ -123,7 +135,7 @@ def _decode_encapsulated(
             f"{header.path.name} uses a compressed encoding ({name}) that this reader cannot decode."
         ) from None
     options = _decode_options(header)
-    with open(header.path, "rb") as handle:
+    with open_regular(header.path) as handle:
         for frame, index in frames:
             handle.seek(header.pixel_offset)
             try:
@@ -142,13 +154,15 @@ def _decode_with_dataset(
     header: FileHeader, frames: list[tuple[int, int]], raw: np.ndarray
 ) -> None:
     """Deflated files (offsets refer to the inflated stream): decode via a full read."""
-    try:
-        ds = pydicom.dcmread(header.path, force=True)
-        array = ds.pixel_array
-    except Exception as exc:
-        raise CTLoadError(
-            f"{header.path.name} is broken: its pixel data cannot be read ({short_message(exc)})."
-        ) from None
+    with open_regular(header.path, capped=True) as handle:
+        try:
+            ds = pydicom.dcmread(handle, force=True)
+            array = ds.pixel_array
+        except Exception as exc:
+            raise CTLoadError(
+                f"{header.path.name} is broken: its pixel data cannot be read "
+                f"({short_message(exc)})."
+            ) from None
     array = array.reshape((-1, header.rows, header.columns))
     for frame, index in frames:
         _store(array[frame], index, raw, header)

@@ -21,6 +21,7 @@ from napari_covid_attention.io.dicom.refusals import file_refusal, series_refusa
 from napari_covid_attention.io.dicom.series import (
     Scan,
     SeriesInfo,
+    cannot_read_note,
     choose_series,
     scan_dicomdir,
     scan_folder,
@@ -29,6 +30,7 @@ from napari_covid_attention.io.dicom.series import (
 )
 from napari_covid_attention.io.dicom.slices import FileHeader, parse_header
 from napari_covid_attention.io.dicom.stack import stack_slices
+from napari_covid_attention.io.files import check_input_file, check_input_folder
 from napari_covid_attention.io.volume import CTLoadError, CTVolume, hu_array
 
 
@@ -38,8 +40,7 @@ def list_series(path: str | os.PathLike) -> list[SeriesInfo]:
     CT image series come first, largest first. Non-DICOM files are skipped silently.
     """
     path = Path(path)
-    if not path.exists():
-        raise CTLoadError(f"{path} does not exist.")
+    _check_input(path)
     with quiet_pydicom():
         if path.is_dir():
             return scan_folder(path).series
@@ -60,8 +61,7 @@ def load_dicom(path: str | os.PathLike, series: str | None = None) -> CTVolume:
         CTLoadError: with one sentence saying why the input cannot be used.
     """
     path = Path(path)
-    if not path.exists():
-        raise CTLoadError(f"{path} does not exist.")
+    _check_input(path)
     with quiet_pydicom() as caught:
         if path.is_dir():
             return _load_from_scan(scan_folder(path), series, path, caught)
@@ -87,6 +87,16 @@ def load_series(info: SeriesInfo) -> CTVolume:
         return _load(info, subject, source=source, single_file=False, caught=caught)
 
 
+def _check_input(path: Path) -> None:
+    """Refuse a missing path, a pipe, socket or device, or one that cannot be read."""
+    if not path.exists():
+        raise CTLoadError(f"{path} does not exist.")
+    if path.is_dir():
+        check_input_folder(path)
+    else:
+        check_input_file(path)
+
+
 def _load_from_scan(
     scan: Scan, key: str | None, source: Path, caught: list[warnings.WarningMessage]
 ) -> CTVolume:
@@ -98,6 +108,7 @@ def _load_from_scan(
         notes.append(
             f"{count} damaged DICOM file{'s were' if count > 1 else ' was'} skipped in {scan.name}."
         )
+    notes += cannot_read_note(scan)
     return _load(info, subject, source=source, single_file=False, caught=caught, notes=notes)
 
 
@@ -114,7 +125,10 @@ def _load(
     reason = series_refusal(info)
     if reason:
         raise CTLoadError(f"{subject} {reason}.")
-    stack = stack_slices(info._slices, subject, single_file)
+    stack = stack_slices(info._slices, subject, single_file, has_uid=info._has_uid)
+    problem = geometry.affine_problem(stack.affine)
+    if problem:
+        raise CTLoadError(f"{subject} has no valid patient geometry: {problem}.")
     raw, decoder_notes = read_pixels(stack, caught)
     hu = hu_array(to_hu(raw, stack.slices))
     del raw  # on the float path the stored values are a separate array: free them now

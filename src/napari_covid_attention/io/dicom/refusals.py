@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom.uid import UID
 
+from napari_covid_attention.io import limits
 from napari_covid_attention.io.dicom.slices import FileHeader
 
 if TYPE_CHECKING:
@@ -103,6 +104,8 @@ def kind_refusal(header: FileHeader) -> str | None:
         if kind is None:
             kind = f"a {modality} image" if modality else "an image of unknown modality"
         return f"is {kind}, not a CT scan"
+    if header.samples != 1 and header.photometric.startswith("MONOCHROME"):
+        return f"is damaged: a {header.photometric} image with {header.samples} samples per pixel"
     if header.samples != 1 or not header.photometric.startswith("MONOCHROME"):
         colour = header.photometric or f"{header.samples} samples per pixel"
         return f"is a colour image ({colour}), not a CT scan"
@@ -118,6 +121,20 @@ def series_refusal(info: SeriesInfo) -> str | None:
         reason = file_refusal(header)
         if reason:
             return f"cannot be used because {header.path.name} {reason}"
+    first = slices[0].file
+    too_large = limits.size_problem((len(slices), first.rows, first.columns))
+    if too_large:
+        noun = "slice" if len(slices) == 1 else "slices"
+        return (
+            f"is too large for this reader: {len(slices)} {noun} of "
+            f"{first.rows}x{first.columns} pixels, {too_large}"
+        )
+    for piece in slices:
+        problem = limits.rescale_problem(
+            piece.slope, piece.intercept, ("RescaleSlope", "RescaleIntercept")
+        )
+        if problem:
+            return f"cannot be used because in {piece.file.path.name} the {problem}"
     formats = {(s.file.bits_allocated, s.file.signed, s.file.photometric) for s in slices}
     if len(formats) > 1:
         return "is a mixed series: its slices use different pixel formats"

@@ -42,7 +42,10 @@ class FileHeader:
     """What one file's header says, kept instead of the pydicom dataset (no identifiers)."""
 
     path: Path
-    series_uid: str
+    series_uid: str  # "" when the file has none
+    # What else identifies the series (study, frame of reference, series number), for
+    # grouping files whose anonymiser removed the SeriesInstanceUID.
+    series_identity: tuple[str, str, str]
     sop_uid: str
     modality: str
     sop_class: str
@@ -96,7 +99,12 @@ def parse_header(path: Path, raw: RawHeader) -> tuple[FileHeader, list[Slice]]:
     frames_ok = n_frames <= max(1, raw.size // 8)
     header = FileHeader(
         path=path,
-        series_uid=_text(raw, TAG["SeriesInstanceUID"]) or f"file:{path}",
+        series_uid=_text(raw, TAG["SeriesInstanceUID"]) or "",
+        series_identity=(
+            _text(raw, TAG["StudyInstanceUID"]) or "",
+            _text(raw, TAG["FrameOfReferenceUID"]) or "",
+            _series_number(raw),
+        ),
         sop_uid=_text(raw, TAG["SOPInstanceUID"]) or str(path),
         modality=(_text(raw, TAG["Modality"]) or "").upper(),
         sop_class=_text(raw, TAG["SOPClassUID"]) or "",
@@ -125,6 +133,14 @@ def parse_header(path: Path, raw: RawHeader) -> tuple[FileHeader, list[Slice]]:
     else:
         header.problem = _damage(header, raw.size)
     return header, _slices(raw, header)
+
+
+def _series_number(raw: RawHeader) -> str:
+    """SeriesNumber as a canonical string ("3" for "3", " 3" or "3.0"), "" if absent."""
+    value = _numbers(raw, TAG["SeriesNumber"])
+    if value:
+        return f"{value[0]:g}"
+    return _text(raw, TAG["SeriesNumber"]) or ""
 
 
 def _padding(raw: RawHeader, signed: bool) -> tuple[int, int] | None:

@@ -40,8 +40,15 @@ class Stack:
     warnings: list[str]
 
 
-def stack_slices(slices: list[Slice], subject: str, single_file: bool) -> Stack:
-    """Slices sorted along the normal, duplicates dropped, the affine and its warnings."""
+def stack_slices(
+    slices: list[Slice], subject: str, single_file: bool, has_uid: bool = True
+) -> Stack:
+    """Slices sorted along the normal, duplicates dropped, the affine and its warnings.
+
+    Fewer than two distinct positions is refused, saying which case it is: many slices
+    all at one position (a time series of one slice), or one slice, and then, for a file
+    without SeriesInstanceUID, why no other file was grouped with it.
+    """
     iop = slices[0].orientation
     row = iop[:3] / np.linalg.norm(iop[:3])
     col = iop[3:] / np.linalg.norm(iop[3:])
@@ -68,6 +75,17 @@ def stack_slices(slices: list[Slice], subject: str, single_file: bool) -> Stack:
         ordered = [s for s, k in zip(ordered, keep, strict=True) if k]
         heights = heights[keep]
     if len(ordered) < 2:
+        if len(slices) > 1:
+            raise CTLoadError(
+                f"{subject} holds {len(slices)} slices all at the same position: a time series "
+                "or repeated scans of one slice, not a volume."
+            )
+        if not has_uid:
+            raise CTLoadError(
+                f"{subject} is a single 2D slice, not a volume: its file has no "
+                "SeriesInstanceUID and no other file shares its study, frame of reference, "
+                "series number, orientation, image size and pixel spacing."
+            )
         hint = "; open the folder with the whole series" if single_file else ", not a volume"
         raise CTLoadError(f"{subject} is a single 2D slice{hint}.")
     positions = np.array([s.position for s in ordered])
