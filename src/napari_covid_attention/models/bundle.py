@@ -342,15 +342,9 @@ def _parse_members(check: _Check, data: object, n_classes: int) -> tuple[MemberS
         weight = spec.get("weight")
         if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
             raise check.fail(f"{at}.weight", "(an ensemble weight) is negative or not a number")
-        calibration = spec.get("calibration")
-        if calibration:
-            calibration = check.obj(calibration, f"{at}.calibration")
-            scale = check.number(calibration.get("scale", 1.0), f"{at}.calibration.scale", 1e-6, 1e6)
-            bias = calibration.get("bias", [])
-            bias = check.numbers(bias, f"{at}.calibration.bias", (0, n_classes) if not bias else n_classes, -1e6, 1e6)
-            calibration = Calibration(scale, bias)
-        else:
-            calibration = Calibration()
+        calibration = _parse_calibration(spec.get("calibration"), n_classes)
+        if isinstance(calibration, str):
+            raise check.fail(f"{at}.calibration", f"is an invalid calibration ({calibration})")
         members.append(
             MemberSpec(
                 name=name,
@@ -367,6 +361,22 @@ def _parse_members(check: _Check, data: object, n_classes: int) -> tuple[MemberS
     if abs(total - 1.0) > 1e-3:
         raise BundleError(f"{check.where.split('/')[0]}: ensemble weights sum to {total:.3f}, not 1.")
     return tuple(members)
+
+
+def _parse_calibration(data: object, n_classes: int) -> Calibration | str:
+    """The member's calibration, or what is wrong with it."""
+    if data is None or data == {}:
+        return Calibration()  # bundles written before calibration existed
+    if not isinstance(data, dict):
+        return f"an object is needed, not {_kind(data)}"
+    scale, bias = data.get("scale", 1.0), data.get("bias", [])
+    if not _is_number(scale) or not math.isfinite(scale) or not 1e-6 <= scale <= 1e6:
+        return "the scale must be a positive number up to 1e+06"
+    if not isinstance(bias, list) or len(bias) not in (0, n_classes) or not all(
+        _is_number(b) and math.isfinite(b) and abs(b) <= 1e6 for b in bias
+    ):
+        return f"the bias must be a list of {n_classes} numbers"
+    return Calibration(float(scale), tuple(float(b) for b in bias))
 
 
 class _Check:
