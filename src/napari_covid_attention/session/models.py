@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 from threading import Lock
+from typing import TYPE_CHECKING
 
 from psygnal import Signal
 
-from napari_covid_attention.models.registry import (
-    DEMO_BUNDLE,
-    BundleInfo,
-    bundle_info,
-    current_bundle,
-    list_bundles,
-)
+if TYPE_CHECKING:
+    from napari_covid_attention.models.registry import BundleInfo
+    from napari_covid_attention.session.scheduler import Scheduler
+
+# The registry reads bundle.json through the bundle checks, which import torch (seconds):
+# the first refresh runs in the background so a dock opens at once.
+DEMO_BUNDLE = "demo"
 
 
 class ModelChoice:
@@ -26,7 +27,7 @@ class ModelChoice:
 
     changed = Signal()  # the list or the choice changed
 
-    def __init__(self, family: str = DEMO_BUNDLE) -> None:
+    def __init__(self, family: str = DEMO_BUNDLE, scheduler: Scheduler | None = None) -> None:
         self.family = family  # the bundle name whose current version is diagnosed and fine-tuned
         self.bundles: list[BundleInfo] = []
         self.chosen: Path | None = None
@@ -34,11 +35,21 @@ class ModelChoice:
         self._extra: list[Path] = []  # folders added with "Add…"
         self._loaded: dict[Path, object] = {}
         self._lock = Lock()
-        self.refresh()
+        self.ready = False  # the registry has been read once
+        if scheduler is None:
+            self.refresh()
+        else:
+            scheduler.background(lambda: _read_registry(self.family), self._apply, lambda exc: self._apply(([], None)))
 
     def refresh(self) -> None:
         """Re-read the registry: new versions appear, the current version is chosen again."""
-        infos = list_bundles()
+        self._apply(_read_registry(self.family))
+
+    def _apply(self, found: tuple[list, Path | None]) -> None:
+        from napari_covid_attention.models.registry import bundle_info
+
+        infos, current = found
+        infos = list(infos)
         known = {info.path for info in infos}
         for folder in self._extra:
             if folder not in known:
@@ -49,11 +60,16 @@ class ModelChoice:
         self.bundles = infos
         if self._follow_current or self.chosen not in {info.path for info in infos}:
             self._follow_current = True
-            self.chosen = current_bundle(self.family) or (infos[0].path if infos else None)
+            self.chosen = current or (infos[0].path if infos else None)
+        self.ready = True
         self.changed.emit()
 
     def choose(self, path: str | Path) -> BundleInfo:
         """Pick a bundle folder (added to the list if new); raises BundleError if unreadable."""
+        from napari_covid_attention.models.registry import bundle_info, current_bundle
+
+        if not self.ready:
+            self.refresh()
         info = bundle_info(Path(path))
         if info.path not in {b.path for b in self.bundles}:
             self._extra.append(info.path)
@@ -75,6 +91,8 @@ class ModelChoice:
             load_bundle,  # torch: only once a model is needed
         )
 
+        if not self.ready:
+            self.refresh()
         folder = path or self.chosen
         if folder is None:
             raise UserFacingError("No model bundle is available; add one with Add….")
@@ -83,3 +101,9 @@ class ModelChoice:
             if folder not in self._loaded:
                 self._loaded[folder] = load_bundle(folder)
             return self._loaded[folder]
+
+
+def _read_registry(family: str = DEMO_BUNDLE) -> tuple[list[BundleInfo], Path | None]:
+    from napari_covid_attention.models.registry import current_bundle, list_bundles
+
+    return list_bundles(), current_bundle(family)

@@ -43,7 +43,7 @@ class Session:
         self.autosave_s = autosave_s
         self.store = AnnotationStore(settings.get("store"))
         self.annotator: str = settings.get("annotator", "")
-        self.models = ModelChoice()
+        self.models = ModelChoice(scheduler=scheduler)
         self.compare = CompareView(viewer)
         self.scans: dict[str, ScanSession] = {}
         self.active: ScanSession | None = None

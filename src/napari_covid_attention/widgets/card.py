@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from html import escape
+from typing import TYPE_CHECKING
 
-from napari_covid_attention.diagnosis import Diagnosis
-from napari_covid_attention.explain.localization import LocalizationScores
+if TYPE_CHECKING:  # torch: the dock must open without it
+    from napari_covid_attention.diagnosis import Diagnosis
+    from napari_covid_attention.explain.localization import LocalizationScores
 
 LESION_TITLES = {
     "ground_glass": "ground-glass opacity",

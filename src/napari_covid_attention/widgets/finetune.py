@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
 )
 
 from napari_covid_attention.errors import UserFacingError
-from napari_covid_attention.models.registry import bundle_info, current_bundle, rollback, versions
 from napari_covid_attention.widgets.jobs import JobRunner, session_of
 from napari_covid_attention.widgets.scrolling import ScrollingDock
 
@@ -94,6 +93,11 @@ class FinetuneWidget(ScrollingDock):
 
     def refresh(self) -> None:
         """Reviewed-case count and the versions list, as they are now."""
+        if not self.session.models.ready:
+            self.summary.setText(f"{self.session.reviewed_count()} reviewed case(s) in the store. Reading the model versions…")
+            return  # models.changed calls again once the registry is read
+        from napari_covid_attention.models.registry import bundle_info, current_bundle, versions
+
         current = current_bundle(self.family)
         title = "none" if current is None else bundle_info(current).version
         self.summary.setText(
@@ -107,6 +111,8 @@ class FinetuneWidget(ScrollingDock):
 
     def start(self, threaded: bool = True):
         """Start a job; ``threaded=False`` runs it here (tests)."""
+        from napari_covid_attention.models.registry import current_bundle
+
         current = current_bundle(self.family)
         store_root = self.session.store.root
         segmenter_epochs, classifier_epochs = self.segmenter_epochs.value(), self.classifier_epochs.value()
@@ -137,6 +143,8 @@ class FinetuneWidget(ScrollingDock):
             self.status.setText("Cancelling at the next step…")
 
     def roll_back(self) -> None:
+        from napari_covid_attention.models.registry import rollback
+
         try:
             path = rollback(self.family)
         except UserFacingError as exc:

@@ -20,7 +20,6 @@ from napari_covid_attention._layer_data import (
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io.geometry import layer_transform
 from napari_covid_attention.io.volume import CTVolume, looks_like_hu
-from napari_covid_attention.preprocess.lung import LEFT_LUNG, RIGHT_LUNG
 
 if TYPE_CHECKING:
     from napari.components import ViewerModel
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     from napari_covid_attention.diagnosis import Diagnosis
 
 MAP_TITLES = {"attention": "attention", "gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++"}
-LUNG_COLORS = {RIGHT_LUNG: "#33d6ff", LEFT_LUNG: "#ffd633"}
+LUNG_COLORS = {"right": "#33d6ff", "left": "#ffd633"}  # keyed by side: preprocess.lung (scikit-image) loads later
 INFECTION_COLOR = "#ff3030"
 # Saliency below this fraction of its scan's peak fades to nothing: a map is normalised
 # per scan, so most of the lung sits at 0.1-0.4 and would otherwise tint the whole lung box.
@@ -95,6 +94,8 @@ def add_diagnosis_layers(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagno
     """
     from napari.utils.colormaps import DirectLabelColormap
 
+    from napari_covid_attention.preprocess.lung import LEFT_LUNG, RIGHT_LUNG
+
     # Maps and the lung mask of an earlier run are refreshed in place: removing a layer
     # costs napari a full gc.collect() on the main thread (~0.4 s each with torch loaded),
     # and the user's visibility / opacity choices survive. The infection mask is replaced:
@@ -112,7 +113,9 @@ def add_diagnosis_layers(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagno
     lungs = labels_layer_data(
         diagnosis.lung_mask, diagnosis.scan_affine, f"{ct_layer.name} · lung mask", "lung_mask",
         source_ornt=source_ornt, extra_meta={"scan": key},
-        colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **LUNG_COLORS}),
+        colormap=DirectLabelColormap(
+            color_dict={None: "transparent", 0: "transparent", RIGHT_LUNG: LUNG_COLORS["right"], LEFT_LUNG: LUNG_COLORS["left"]}
+        ),
         opacity=0.7, visible=False,
     )
     made["lung_mask"] = _refresh(earlier.get("lung_mask"), lungs[0], lungs[1]) or viewer.add_labels(lungs[0], **lungs[1])
