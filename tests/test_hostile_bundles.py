@@ -17,8 +17,8 @@ from test_bundle import make_tiny_bundle
 from napari_covid_attention import cli
 from napari_covid_attention.models import bundle as bundle_module
 from napari_covid_attention.models.bundle import BundleError, load_bundle, read_bundle_json
-from napari_covid_attention.models import registry
 from napari_covid_attention.models.registry import (
+    broken_bundles,
     current_bundle,
     list_bundles,
     next_version,
@@ -268,7 +268,7 @@ def test_a_broken_bundle_in_the_registry_is_listed_as_broken(tiny, case, capsys)
 
     names = [(b.name, b.version) for b in list_bundles()]
     assert ("tiny", "1.0.0") in names and all(n != "broken" for n, _ in names)
-    [(path, reason)] = [(b.path, b.reason) for b in registry.broken_bundles()]
+    [(path, reason)] = [(b.path, b.reason) for b in broken_bundles()]
     assert path == broken and one_sentence(reason)
 
     assert cli.main(["bundles"]) == 0
@@ -352,3 +352,41 @@ def test_a_promoted_version_saved_before_a_crash_is_current(tmp_path):
     make_tiny_bundle(root / "tiny" / "1.0.0")
     promoted = _finetuned(root, "1.1.0", {"promoted": True, "reason": "better"})
     assert current_bundle("tiny", root) == promoted
+
+
+def test_finetuning_killed_before_recording_a_rejection_leaves_the_old_version_current(tiny_bundle, tmp_path, monkeypatch):
+    """The real save path of fine-tuning: the gate's decision is inside the saved version."""
+    from napari_covid_attention.annotations import AnnotationStore
+    from napari_covid_attention.data.synthetic import generate_phantom
+    from napari_covid_attention.jobs import run_to_end
+    from napari_covid_attention.training import finetune as finetune_module
+
+    registry_root = tmp_path / "bundles"
+    first = registry_root / "tiny-test" / "0.0.1"
+    shutil.copytree(tiny_bundle, first)  # a user bundle: no current.json yet
+    store_root = tmp_path / "store"
+    with AnnotationStore(store_root) as store:
+        for seed in range(5):
+            phantom = generate_phantom(300 + seed, shape=(32, 64, 64))
+            case = store.open_case(phantom.volume)
+            store.keep_scan(case.id, phantom.volume)
+            store.set_original(case.id, phantom.infection_mask, model="tiny-test 0.0.1")
+            store.mark_reviewed(case.id, annotator="ann", label=phantom.label)
+
+    def rejected(*args, **kwargs):
+        return finetune_module.Decision(False, False, False, "worse (forced by the test)", {"dice": 0.0, "nll": 1.0})
+
+    def killed(*args, **kwargs):
+        raise SystemExit("killed between saving the version and recording the rejection")
+
+    monkeypatch.setattr(finetune_module, "decide", rejected)
+    monkeypatch.setattr(finetune_module, "record_rejected", killed)
+    config = finetune_module.FinetuneConfig(
+        bundle=str(first), store_root=store_root, registry_root=registry_root,
+        segmenter_epochs=1, classifier_epochs=1, device="cpu",
+    )
+    with pytest.raises(SystemExit):
+        run_to_end(finetune_module.finetune(config), lambda event: None)
+    assert (registry_root / "tiny-test" / "0.1.0" / "bundle.json").is_file()
+    assert not (registry_root / "tiny-test" / "current.json").exists()
+    assert current_bundle("tiny-test", registry_root) == first
