@@ -4,7 +4,8 @@ A named pipe (FIFO) blocks ``open()`` until someone writes to it, so a folder sc
 opened every entry could wait forever; sockets and devices are no scans either. Every
 reader therefore opens through :func:`open_regular`, which opens without blocking, checks
 with ``fstat`` that the open file is a regular file (no race between a check and the
-open) and only then hands out a normal blocking file object. Folder scans skip what is
+open) and only then hands out a file object (O_NONBLOCK means nothing for a regular
+file, so it reads as usual). Folder scans skip what is
 not a regular file silently; an input given directly is refused with one sentence
 (:func:`check_input_file`), as is a file or folder the user may not read.
 """
@@ -71,8 +72,8 @@ def open_regular(
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise NotRegularFile(path, kind_of(mode))
-        if _NONBLOCK:
-            os.set_blocking(fd, True)
+        # O_NONBLOCK stays set: it changes nothing for regular files (only pipes, sockets
+        # and devices honour it, and those are refused above).
         raw = os.fdopen(fd, "rb", buffering=0)
     except BaseException:
         os.close(fd)

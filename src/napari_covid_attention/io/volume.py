@@ -105,7 +105,8 @@ def hu_array(values: np.ndarray) -> np.ndarray:
         if rounded_ok:
             out = values.astype(np.int16)
         else:
-            out = values.astype(np.float32)
+            with np.errstate(over="ignore"):  # refused just below, with a sentence
+                out = values.astype(np.float32)
             if not np.isfinite(out).all():  # float64 values beyond float32's range
                 raise CTLoadError("The image holds values beyond ±3.4e38, which no CT holds: it is not in Hounsfield units.")
     elif values.dtype == np.int16:
