@@ -15,7 +15,6 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import shutil
 import signal
 import struct
@@ -37,6 +36,8 @@ def _on_alarm(signum, frame):
 
 
 def limit_memory(max_bytes: int) -> None:
+    import resource  # POSIX only
+
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     cap = max_bytes if hard == resource.RLIM_INFINITY else min(max_bytes, hard)
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
