@@ -135,11 +135,13 @@ def test_review_preselection(meta, guess):
 
 
 def test_review_offers_no_pneumonia_and_preselects_it(make_napari_viewer, phantom, absent, present):
+    from napari_covid_attention.session import ManualScheduler, session_for
+
     viewer = make_napari_viewer()
+    session = session_for(viewer, ManualScheduler)  # background work runs at once
     data, kwargs, _ = ct_layer_data(phantom.volume, "ct")
     viewer.add_image(data, **kwargs)
     _, correct = viewer.window.add_plugin_dock_widget("napari-covid-attention", "Corrections")
-    correct.threaded = False
     correct.annotator.setText("Dr Test")
     combo = correct.label_combo
     assert [combo.itemText(i) for i in range(combo.count())] == list(CONFIRMABLE_FINDINGS)
@@ -147,9 +149,10 @@ def test_review_offers_no_pneumonia_and_preselects_it(make_napari_viewer, phanto
     ops.add_diagnosis_layers(viewer, viewer.layers["ct"], present)
     assert combo.currentText() == present.predicted_class
     ops.add_diagnosis_layers(viewer, viewer.layers["ct"], absent)
-    assert correct.case is not None and combo.currentText() == NO_PNEUMONIA
+    correction = session.active.correction
+    assert correction.case is not None and combo.currentText() == NO_PNEUMONIA
     correct.mark_reviewed()
-    case = correct.store.get_case(correct.case.id)
+    case = session.store.get_case(correction.case.id)
     assert case.reviewed and case.label == NO_PNEUMONIA
     assert "(no pneumonia)" in correct.status.text()
 

@@ -7,11 +7,14 @@ model every part of the viewer uses. Loaded bundles are cached by folder.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from threading import Lock
 from typing import TYPE_CHECKING
 
 from psygnal import Signal
+
+from napari_covid_attention.session.imports import import_heavy_modules
 
 if TYPE_CHECKING:
     from napari_covid_attention.models.registry import BundleInfo
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
 # The registry reads bundle.json through the bundle checks, which import torch (seconds):
 # the first refresh runs in the background so a dock opens at once.
 DEMO_BUNDLE = "demo"
+log = logging.getLogger(__name__)
 
 
 class ModelChoice:
@@ -39,13 +43,20 @@ class ModelChoice:
         if scheduler is None:
             self.refresh()
         else:
-            scheduler.background(lambda: _read_registry(self.family), self._apply, lambda exc: self._apply(([], None)))
+            scheduler.background(lambda: _read_registry(self.family), self._apply, self._unreadable)
 
     def refresh(self) -> None:
         """Re-read the registry: new versions appear, the current version is chosen again."""
         self._apply(_read_registry(self.family))
 
+    def _unreadable(self, exc: BaseException) -> None:
+        """The registry could not be read: no bundle on offer (the picker says so)."""
+        log.error("reading the model registry failed", exc_info=exc)
+        self.bundles, self.chosen, self.ready = [], None, True
+        self.changed.emit()
+
     def _apply(self, found: tuple[list, Path | None]) -> None:
+        import_heavy_modules()
         from napari_covid_attention.models.registry import bundle_info
 
         infos, current = found
@@ -66,6 +77,7 @@ class ModelChoice:
 
     def choose(self, path: str | Path) -> BundleInfo:
         """Pick a bundle folder (added to the list if new); raises BundleError if unreadable."""
+        import_heavy_modules()
         from napari_covid_attention.models.registry import bundle_info, current_bundle
 
         if not self.ready:
@@ -91,6 +103,7 @@ class ModelChoice:
             load_bundle,  # torch: only once a model is needed
         )
 
+        import_heavy_modules()
         if not self.ready:
             self.refresh()
         folder = path or self.chosen
@@ -104,6 +117,7 @@ class ModelChoice:
 
 
 def _read_registry(family: str = DEMO_BUNDLE) -> tuple[list[BundleInfo], Path | None]:
+    import_heavy_modules()
     from napari_covid_attention.models.registry import current_bundle, list_bundles
 
     return list_bundles(), current_bundle(family)

@@ -44,6 +44,9 @@ class ScanSession:
 
     def diagnosis_job(self, volume: CTVolume, load_bundle, device: str) -> Job[Diagnosis]:
         """(worker) Load the model (cached) and diagnose; yields one Progress per stage."""
+        from napari_covid_attention.session.imports import import_heavy_modules
+
+        import_heavy_modules()
         from napari_covid_attention.diagnosis import STAGES, diagnose_steps
 
         total = len(STAGES) + 1

@@ -136,19 +136,47 @@ class Session:
             self.set_active(scan)
 
     # ----- diagnosis ----------------------------------------------------------------------
-    def show_diagnosis(self, scan: ScanSession, diagnosis) -> dict | None:
-        """Add (or refresh) the scan's result layers; None when the scan was closed meanwhile."""
-        from napari_covid_attention.widgets.layers import add_diagnosis_layers
+    def show_diagnosis(self, scan: ScanSession, diagnosis, *, staged: bool = False, done=None) -> dict | None:
+        """Add (or refresh) the scan's result layers; None when the scan was closed meanwhile.
+
+        ``staged``: one layer per event-loop turn (the GUI: no long main-thread stall),
+        ``done(made)`` called at the end; otherwise all at once, and they are returned.
+        """
+        from napari_covid_attention.widgets.layers import diagnosis_layer_steps
 
         if scan.key not in self.scans or scan.ct_layer not in self.viewer.layers:
             return None
         if self.compare.active:
             self.leave_compare()
-        scan.diagnosis = diagnosis
-        made = add_diagnosis_layers(self.viewer, scan.ct_layer, diagnosis)  # binds the new mask (inserted)
-        self.set_active(scan)
-        scan.diagnosed.emit(diagnosis)
-        return made
+        steps = diagnosis_layer_steps(self.viewer, scan.ct_layer, diagnosis)  # binds the new mask (inserted)
+
+        def finish(made: dict) -> dict:
+            scan.diagnosis = diagnosis
+            self.set_active(scan)
+            scan.diagnosed.emit(diagnosis)
+            if done is not None:
+                done(made)
+            return made
+
+        def step() -> None:
+            if scan.key not in self.scans:
+                steps.close()  # closed while its layers were being added
+                return
+            try:
+                next(steps)
+            except StopIteration as finished:
+                finish(finished.value)
+                return
+            self.scheduler.later(0.0, step)
+
+        if staged:
+            step()
+            return {}
+        while True:
+            try:
+                next(steps)
+            except StopIteration as finished:
+                return finish(finished.value)
 
     def leave_compare(self) -> None:
         self.compare.exit()

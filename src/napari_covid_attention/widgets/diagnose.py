@@ -199,6 +199,9 @@ class DiagnoseWidget(ScrollingDock):
                     self.device_combo.addItem(description, name)
 
         def find():
+            from napari_covid_attention.session.imports import import_heavy_modules
+
+            import_heavy_modules()
             from napari_covid_attention.models.device import available_devices
 
             return available_devices()
@@ -278,11 +281,16 @@ class DiagnoseWidget(ScrollingDock):
 
     def _on_result(self, scan: ScanSession, diagnosis) -> None:
         self.progress.setValue(self.progress.maximum())
-        if self.session.show_diagnosis(scan, diagnosis) is None:
+
+        def shown(_made=None) -> None:
+            self._show_active(scan)
+            self.status.setText(f"Diagnosed in {diagnosis.timings_s['total']:.1f} s on {diagnosis.device}.")
+
+        # A threaded run adds its layers one per event-loop turn (no long stall); a run in
+        # this thread (tests, the headless demo) adds them at once.
+        self.status.setText("Showing the result…")
+        if self.session.show_diagnosis(scan, diagnosis, staged=self._threaded, done=shown) is None:
             self.status.setText("The scan was closed while it was diagnosed; nothing was added.")
-            return
-        self._show_active(scan)
-        self.status.setText(f"Diagnosed in {diagnosis.timings_s['total']:.1f} s on {diagnosis.device}.")
 
     def _on_failed(self, sentence: str) -> None:
         self.progress.setValue(0)

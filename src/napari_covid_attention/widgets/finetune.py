@@ -111,6 +111,9 @@ class FinetuneWidget(ScrollingDock):
 
     def start(self, threaded: bool = True):
         """Start a job; ``threaded=False`` runs it here (tests)."""
+        from napari_covid_attention.session.imports import import_heavy_modules
+
+        import_heavy_modules()
         from napari_covid_attention.models.registry import current_bundle
 
         current = current_bundle(self.family)
@@ -118,6 +121,9 @@ class FinetuneWidget(ScrollingDock):
         segmenter_epochs, classifier_epochs = self.segmenter_epochs.value(), self.classifier_epochs.value()
 
         def job():
+            from napari_covid_attention.session.imports import import_heavy_modules
+
+            import_heavy_modules()
             from napari_covid_attention.training.finetune import FinetuneConfig, finetune
 
             # The current version's folder, never the bare name: a "demo" folder in the
@@ -143,6 +149,9 @@ class FinetuneWidget(ScrollingDock):
             self.status.setText("Cancelling at the next step…")
 
     def roll_back(self) -> None:
+        from napari_covid_attention.session.imports import import_heavy_modules
+
+        import_heavy_modules()
         from napari_covid_attention.models.registry import rollback
 
         try:
@@ -201,6 +210,9 @@ class FinetuneWidget(ScrollingDock):
 def _default_epochs() -> tuple[int, int]:
     """FinetuneConfig's defaults (the one place they are set); importing it loads torch,
     so the dock asks in the background."""
+    from napari_covid_attention.session.imports import import_heavy_modules
+
+    import_heavy_modules()
     from napari_covid_attention.training.finetune import FinetuneConfig
 
     return FinetuneConfig.segmenter_epochs, FinetuneConfig.classifier_epochs

@@ -7,6 +7,7 @@ helpers. The dock widgets only wire buttons to these functions.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -86,8 +87,20 @@ def layer_of_kind(viewer: ViewerModel, ct_layer: Layer, kind: str) -> Layer | No
 
 
 def add_diagnosis_layers(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagnosis) -> dict[str, Layer]:
-    """Maps and masks over the CT; a re-run replaces the earlier ones of the same scan.
+    """Maps and masks over the CT, all at once (scripts, tests); see :func:`diagnosis_layer_steps`."""
+    steps = diagnosis_layer_steps(viewer, ct_layer, diagnosis)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
+
+def diagnosis_layer_steps(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagnosis) -> Generator[str, None, dict[str, Layer]]:
+    """Maps and masks over the CT, one layer per step; a re-run replaces the earlier ones.
+
+    Each layer costs napari 0.1 s of main-thread work (slicing, thumbnail, texture), so
+    the GUI runs one step per event-loop turn instead of stalling for all six at once.
     Maps stay on their coarse grid and are drawn through their own affine (scale /
     translate), smoothed by the renderer; masks are labels on the scan's full grid, so
     they can be edited voxel by voxel.
@@ -99,11 +112,12 @@ def add_diagnosis_layers(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagno
     # Maps and the lung mask of an earlier run are refreshed in place: removing a layer
     # costs napari a full gc.collect() on the main thread (~0.4 s each with torch loaded),
     # and the user's visibility / opacity choices survive. The infection mask is replaced:
-    # the correction widget binds its edits to the annotation store by layer.
+    # its edits are bound to the annotation store by layer.
     earlier = {plugin_meta(layer.metadata).get("kind"): layer for layer in plugin_layers_of(viewer, ct_layer)}
     for kind in list(earlier):
         if kind not in REFRESHED_IN_PLACE:
             viewer.layers.remove(earlier.pop(kind))
+            yield f"removed the earlier {kind}"
     key = scan_key(ct_layer)
     ct_meta = plugin_meta(ct_layer.metadata) or {}
     source_ornt = ct_meta.get("source_ornt")
@@ -120,8 +134,10 @@ def add_diagnosis_layers(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagno
     )
     made["lung_mask"] = _refresh(earlier.get("lung_mask"), lungs[0], lungs[1]) or viewer.add_labels(lungs[0], **lungs[1])
     made["lung_mask"].contour = 1
+    yield "lung mask"
     for name in ("gradcam_pp", "gradcam", "attention"):
         made[name] = _add_map(viewer, ct_layer, diagnosis, name, visible=name == "attention", earlier=earlier.get(name))
+        yield name
     infection = labels_layer_data(
         diagnosis.infection_mask, diagnosis.scan_affine, f"{ct_layer.name} · infection mask", "infection_mask",
         source_ornt=source_ornt,
