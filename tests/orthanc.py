@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -41,11 +42,14 @@ class OrthancServer:
     folder: Path
     port: int
     users: dict[str, str] = field(default_factory=dict)
+    # PEM with key and self-signed certificate: HTTPS. Debian's Orthanc 1.10 crashes on its
+    # first HTTPS request under OpenSSL 3, so the TLS test uses its own small server.
+    certificate: Path | None = None
     process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.certificate else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def dicomweb_url(self) -> str:
@@ -54,6 +58,11 @@ class OrthancServer:
     @property
     def auth(self) -> tuple[str, str] | None:
         return next(iter(self.users.items())) if self.users else None
+
+    @property
+    def verify(self) -> bool | str:
+        """The CA file that verifies this server (its own certificate), or True."""
+        return str(self.certificate.with_name("cert.pem")) if self.certificate else True
 
     def start(self) -> OrthancServer:
         """Write the configuration, start Orthanc and wait until ``/system`` answers."""
@@ -76,6 +85,8 @@ class OrthancServer:
             "Plugins": [str(DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
+        if self.certificate is not None:
+            config.update(SslEnabled=True, SslCertificate=str(self.certificate))
         config_path = self.folder / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         log = open(self.folder / "orthanc.log", "wb")  # noqa: SIM115 (closed with the process)
@@ -88,7 +99,7 @@ class OrthancServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Orthanc exited ({self.process.returncode}): {self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/system", auth=self.auth, timeout=1).ok:
+                if requests.get(f"{self.url}/system", auth=self.auth, timeout=1, verify=self.verify).ok:
                     return self
             except requests.RequestException:
                 pass
@@ -118,7 +129,7 @@ class OrthancServer:
     def rest(self, method: str, path: str, **kwargs):
         import requests
 
-        response = requests.request(method, f"{self.url}{path}", auth=self.auth, timeout=30, **kwargs)
+        response = requests.request(method, f"{self.url}{path}", auth=self.auth, timeout=30, verify=self.verify, **kwargs)
         response.raise_for_status()
         return response
 
@@ -148,13 +159,28 @@ def orthanc_available() -> bool:
     return ORTHANC.is_file() and os.access(ORTHANC, os.X_OK) and DICOMWEB_PLUGIN.is_file()
 
 
-def start_orthanc(folder: Path, users: dict[str, str] | None = None) -> OrthancServer:
+def self_signed_pem(folder: Path) -> Path:
+    """A PEM holding a new RSA key and a self-signed certificate for 127.0.0.1 (openssl)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    both = folder / "orthanc.pem"
+    both.write_text(key.read_text() + cert.read_text())
+    return both
+
+
+def start_orthanc(folder: Path, users: dict[str, str] | None = None, certificate: Path | None = None) -> OrthancServer:
     """Start a server in ``folder`` (retrying on another port if the chosen one was taken)."""
     if not orthanc_available():
         pytest.skip(f"Orthanc with DICOMweb not installed ({ORTHANC}, {DICOMWEB_PLUGIN}): apt-get install orthanc orthanc-dicomweb")
     error: Exception | None = None
     for attempt in range(3):
-        server = OrthancServer(folder / f"run{attempt}", _free_port(), dict(users or {}))
+        server = OrthancServer(folder / f"run{attempt}", _free_port(), dict(users or {}), certificate)
         try:
             return server.start()
         except RuntimeError as exc:  # the free port may have been taken in between

@@ -350,13 +350,21 @@ def _write_instance(path: Path, dataset) -> None:
         os.fsync(handle.fileno())
 
 
+def _reason(code) -> str:
+    """A STOW failure reason as DICOM writes it (hex, e.g. A700 out of resources)."""
+    try:
+        return f"{int(code):04X}"
+    except (TypeError, ValueError):
+        return "unknown"
+
+
 def _store_result(answer, datasets: Iterable) -> StoreResult:
     """The STOW-RS response dataset read into a :class:`StoreResult`.
 
     A server that answers without a body (allowed for 200) stored everything."""
     sent = [str(ds.SOPInstanceUID) for ds in datasets]
     failed = tuple(
-        (str(getattr(item, "ReferencedSOPInstanceUID", "?")), str(getattr(item, "FailureReason", "unknown")))
+        (str(getattr(item, "ReferencedSOPInstanceUID", "?")), _reason(getattr(item, "FailureReason", None)))
         for item in getattr(answer, "FailedSOPSequence", None) or []
     )
     referenced = getattr(answer, "ReferencedSOPSequence", None)
