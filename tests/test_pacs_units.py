@@ -142,3 +142,9 @@ def test_store_result_reads_failures():
     result = _store_result(answer, sent)
     assert result.stored == ("1.1",) and result.failed == (("1.2", "A700"),)
     assert _store_result(Dataset(), sent).stored == ("1.1", "1.2")
+
+
+def test_pacs_imports_neither_qt_nor_napari():
+    from test_imports import _gui_modules_loaded_by
+
+    assert _gui_modules_loaded_by("napari_covid_attention.pacs") == []

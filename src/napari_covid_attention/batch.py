@@ -18,6 +18,9 @@ from napari_covid_attention.io.nifti import is_nifti_path, save_nifti
 from napari_covid_attention.io.volume import CTVolume
 from napari_covid_attention.models.bundle import load_bundle
 from napari_covid_attention.models.registry import resolve_bundle
+from napari_covid_attention.pacs.urls import SeriesRef, is_url, series_ref
+
+Scan = Path | SeriesRef  # a file or folder, or a series on a DICOMweb server (PACS)
 
 WARNING_SEPARATOR = " | "  # between a scan's warnings in results.csv (each is one sentence)
 RESULTS_NAME = "results.csv"
@@ -26,10 +29,15 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # spreadsheets run such cells
 log = logging.getLogger(__name__)
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Scans named directly, or listed in the ``image`` column of CSV files."""
-    scans: list[Path] = []
-    for item in map(Path, inputs):
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Scan]:
+    """Scans named directly, or listed in the ``image`` column of CSV files; a DICOMweb
+    series URL (``http(s)://.../studies/<UID>/series/<UID>``) may stand for a scan in both."""
+    scans: list[Scan] = []
+    for given in inputs:
+        if is_url(given):
+            scans.append(series_ref(given))
+            continue
+        item = Path(given)
         if item.suffix.lower() == ".csv" and item.is_file():
             try:
                 with open(item, newline="", encoding="utf-8-sig") as handle:
@@ -39,7 +47,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
                     names = [(row.get("image") or "").strip() for row in reader]
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise UserFacingError(f"{item.name} is not a readable CSV list of scans ({type(exc).__name__}).") from exc
-            scans += [(item.parent / name).resolve() for name in names if name]
+            scans += [series_ref(name) if is_url(name) else (item.parent / name).resolve() for name in names if name]
         else:
             scans.append(item.resolve())
     if not scans:
@@ -83,11 +91,15 @@ def diagnose_many(
         raise UserFacingError(f"Cannot create the output folder {out} ({exc.strerror or exc}).") from exc
     rows: list[dict] = []
     _write_table(table, rows)  # an earlier run's results never pass for this run's
-    for index, scan in enumerate(scans):
-        rows.append(_diagnose_one(index, scan, out, model, device, write_maps))
-        _write_table(table, rows)
-        if progress:
-            progress(index + 1, len(scans))
+    pacs = _PacsClients()
+    try:
+        for index, scan in enumerate(scans):
+            rows.append(_diagnose_one(index, scan, out, model, device, write_maps, pacs))
+            _write_table(table, rows)
+            if progress:
+                progress(index + 1, len(scans))
+    finally:
+        pacs.close()
     return table
 
 
@@ -113,11 +125,38 @@ def _cell(value):
     return value
 
 
-def _diagnose_one(index: int, scan: Path, out: Path, model, device: str, write_maps: bool) -> dict:
+class _PacsClients:
+    """One :class:`~napari_covid_attention.pacs.PacsClient` per server of the inputs."""
+
+    def __init__(self) -> None:
+        self._clients: dict = {}
+
+    def get(self, ref: SeriesRef):
+        from napari_covid_attention.pacs import PacsClient
+
+        key = (ref.base_url, ref.credentials)
+        if key not in self._clients:
+            self._clients[key] = PacsClient(ref.base_url, credentials=ref.credentials)
+        return self._clients[key]
+
+    def load(self, scan: Scan) -> CTVolume:
+        """A file scan through ``load_ct``; a PACS series retrieved (or from the cache) first."""
+        if isinstance(scan, SeriesRef):
+            from napari_covid_attention.jobs import run_to_end
+
+            return run_to_end(self.get(scan).retrieve(scan.study_uid, scan.series_uid))
+        return load_ct(scan)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+
+
+def _diagnose_one(index: int, scan: Scan, out: Path, model, device: str, write_maps: bool, pacs: _PacsClients) -> dict:
     started = time.perf_counter()
-    row: dict = {"input": str(scan)}
+    row: dict = {"input": str(scan)}  # a SeriesRef shows its URL without credentials
     try:
-        volume = load_ct(scan)
+        volume = pacs.load(scan)
         result = diagnose(volume, model, device)
         row.update(status="ok", **_result_columns(result))
         if write_maps:
@@ -199,25 +238,27 @@ def _case_folder(out: Path, name: str) -> Path:
     return folder
 
 
-def _input_folders(scans: Sequence[Path]):
+def _input_folders(scans: Sequence[Scan]):
     """Folders given as input, and the folder of each input file that is not NIfTI or CSV
     (a .dcm/.ima file or a DICOMDIR: its folder is the DICOM series)."""
     for scan in scans:
+        if isinstance(scan, SeriesRef):
+            continue
         if scan.is_dir():
             yield scan
         elif scan.is_file() and not is_nifti_path(scan) and scan.suffix.lower() != ".csv":
             yield scan.parent
 
 
-def _refuse_inside_inputs(out: Path, scans: Sequence[Path]) -> None:
+def _refuse_inside_inputs(out: Path, scans: Sequence[Scan]) -> None:
     """Never write into a scan folder given as input (a DICOM folder must stay as it came)."""
     for folder in _input_folders(scans):
         if out == folder or folder in out.parents:
             raise UserFacingError(f"The output folder {out} is inside the input folder {folder}; choose another --out.")
 
 
-def _safe_name(path: Path) -> str:
-    name = path.name
+def _safe_name(path: Scan) -> str:
+    name = f"series-{path.series_uid}" if isinstance(path, SeriesRef) else path.name
     for suffix in (".nii.gz", ".nii", ".dcm"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]

@@ -251,6 +251,54 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pacs(args: argparse.Namespace) -> int:
+    from napari_covid_attention.pacs import PacsClient, parse_study_url
+    from napari_covid_attention.pacs.urls import split_credentials
+
+    base, study = parse_study_url(args.url)
+    study = args.study or study
+    with PacsClient(base, credentials=split_credentials(args.url)[1]) as client:
+        if study:
+            found = client.search_series(study, modality=args.modality, limit=args.limit)
+            rows = [
+                ("" if s.series_number is None else str(s.series_number), s.modality, _count(s.n_instances), s.description[:48], s.url)
+                for s in found
+            ]
+            _print_table(("SERIES", "MODALITY", "IMAGES", "DESCRIPTION", "URL (for diagnose)"), rows)
+            print(f"{len(rows)} series in study {study}")
+        else:
+            found = client.search_studies(
+                patient_id=args.patient_id, date=args.date, modality=args.modality,
+                accession_number=args.accession, limit=args.limit,
+            )
+            rows = [
+                (_date(s.study_date), s.patient_id, s.accession_number, "/".join(s.modalities), _count(s.n_series),
+                 _count(s.n_instances), s.description[:48], s.study_uid)
+                for s in found
+            ]
+            _print_table(("DATE", "PATIENT ID", "ACCESSION", "MODALITIES", "SERIES", "IMAGES", "DESCRIPTION", "STUDY UID"), rows)
+            print(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'}" + (f" (the first {args.limit})" if len(rows) >= args.limit else "")
+                  + "; list one's series with --study UID")
+    return 0
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _date(text: str) -> str:
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell; control characters a server sent are dropped
+    (they could move the cursor or recolour the terminal)."""
+    clean = [["".join(c for c in str(cell) if c.isprintable()) for cell in row] for row in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in clean]) for i, h in enumerate(headers)]
+    for row in [list(headers), *clean]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from napari_covid_attention.training.finetune import FinetuneConfig, finetune
 
@@ -325,18 +373,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     diag = sub.add_parser(
         "diagnose",
-        help="diagnose scans (files, DICOM folders or a CSV of paths) and write results",
+        help="diagnose scans (files, DICOM folders, DICOMweb series URLs or a CSV of them) and write results",
         description="Every input gets a row in --out/results.csv (status ok or error, with the reason); the table "
         "is rewritten after each scan. Exit code 0 when every scan was diagnosed, 2 when any failed or the "
         "inputs or --out are unusable. --out must not be a symbolic link, nor a DICOM input's folder.",
     )
-    diag.add_argument("inputs", nargs="+", type=Path, help="NIfTI files, DICOM folders/files, or CSV files with an 'image' column")
+    diag.add_argument(
+        "inputs", nargs="+",
+        help="NIfTI files, DICOM folders/files, DICOMweb series URLs (http(s)://HOST/.../studies/<UID>/series/<UID>), "
+        "or CSV files with an 'image' column of any of these",
+    )
     diag.add_argument("--out", type=Path, default=Path("diagnosis-output"), help="output folder (never beside the inputs)")
     diag.add_argument("--bundle", default=None, help="bundle folder or name (default: the built-in demo)")
     diag.add_argument("--device", default="auto", help="auto, cpu, cuda:N or mps")
     diag.add_argument("--no-maps", action="store_true", help="write only the results CSV, no NIfTI maps and masks")
     diag.add_argument("--overwrite", action="store_true", help="replace an earlier run's results.csv (and same-named scan folders) in --out")
     diag.set_defaults(func=_cmd_diagnose)
+
+    pacs = sub.add_parser(
+        "pacs",
+        help="list the studies on a DICOMweb server (PACS), or the series of one study, with their URLs",
+        description="Credentials: COVID_ATTENTION_PACS_USER and COVID_ATTENTION_PACS_PASSWORD, or "
+        "COVID_ATTENTION_PACS_TOKEN, or ~/.netrc; COVID_ATTENTION_PACS_CA_BUNDLE for a private CA. "
+        "Pass a series' URL to 'diagnose'.",
+    )
+    pacs.add_argument("url", help="DICOMweb service root, e.g. http://127.0.0.1:8042/dicom-web (or .../studies/<UID>)")
+    pacs.add_argument("--patient-id", default=None, help="studies of this PatientID")
+    pacs.add_argument("--modality", default=None, help="e.g. CT: studies holding it, or series of it")
+    pacs.add_argument("--date", default=None, metavar="YYYYMMDD[-YYYYMMDD]", help="study date or range (either end may be left open)")
+    pacs.add_argument("--accession", default=None, help="studies with this AccessionNumber")
+    pacs.add_argument("--study", default=None, metavar="UID", help="list the series of this StudyInstanceUID")
+    pacs.add_argument("--limit", type=int, default=200, help="at most this many rows")
+    pacs.set_defaults(func=_cmd_pacs)
 
     train = sub.add_parser("train", help="train a bundle (dual sampling, attention loss, segmenter, ensemble)")
     _option(train, "--train", type=Path, required=True, source=TRAIN, field="train_manifest", help="training manifest CSV")

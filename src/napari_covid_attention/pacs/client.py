@@ -126,20 +126,21 @@ def _int(item: dict, keyword: str) -> int | None:
 class PacsClient:
     """One DICOMweb server (its service root, e.g. ``http://host:8042/dicom-web``).
 
-    Credentials come from the environment (see :mod:`.auth`) or ``user:password@`` in
-    ``url``; neither ever appears in a message, log or ``repr``.
+    Credentials come from ``credentials`` (user, password), ``user:password@`` in ``url``
+    or the environment (see :mod:`.auth`); they never appear in a message, log or ``repr``.
     """
 
     def __init__(
         self,
         url: str,
         *,
+        credentials: tuple[str, str] | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         cache: SeriesCache | None = None,
     ) -> None:
         from dicomweb_client import DICOMwebClient
 
-        _, url_credentials = split_credentials(url)
+        url_credentials = credentials or split_credentials(url)[1]
         self.base_url = service_root(url)
         self.timeout_s = float(timeout_s)
         self.cache = cache if cache is not None else SeriesCache()
