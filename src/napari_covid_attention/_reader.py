@@ -1,5 +1,7 @@
 """npe2 reader: chest CT from NIfTI, a DICOM file, a DICOMDIR or a DICOM folder.
 
+A DICOM-SEG file opens as Labels layers (one per segment group) on its own geometry.
+
 A NIfTI mask (one the plugin's writer saved, marked with the NIfTI intent "label", or
 any integer volume of a few small non-negative values) opens as a Labels layer on its
 file's geometry instead of as a CT.
@@ -14,6 +16,7 @@ from pathlib import Path
 from napari_covid_attention._layer_data import (
     LayerData,
     ct_layer_data,
+    labels_layer_data,
     looks_like_labels,
     mask_file_layer_data,
 )
@@ -45,6 +48,8 @@ def read_ct(path: str | list[str]) -> list[LayerData] | list:
     """Load the scan; problems are shown as one-sentence notifications, not tracebacks."""
     if isinstance(path, list):
         path = path[0]
+    if _is_segmentation(path):
+        return read_dicom_seg(path)
     header = _nifti_header(path) if is_nifti_path(path) else None
     try:
         volume = load_ct(path)
@@ -57,6 +62,32 @@ def read_ct(path: str | list[str]) -> list[LayerData] | list:
     if header is not None and looks_like_labels(volume.hu, header.get_data_dtype(), marked=_marked_as_labels(header)):
         return [mask_file_layer_data(volume, name)]
     return [ct_layer_data(volume, name)]
+
+
+def _is_segmentation(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if is_nifti_path(p) or p.is_dir():
+        return False
+    from napari_covid_attention.export.sniff import is_segmentation_file
+
+    return is_segmentation_file(p)
+
+
+def read_dicom_seg(path: str | os.PathLike) -> list[LayerData] | list:
+    """A DICOM-SEG as Labels on its own geometry: lungs 1 right / 2 left, infection 1, other segments 1."""
+    from napari_covid_attention.export.seg_read import read_segmentation
+
+    try:
+        masks = read_segmentation(path)
+    except CTLoadError as exc:
+        _notify_error(str(exc))
+        return _NOTHING
+    name = _display_name(Path(path))
+    meta = {"source_path": str(path), "warnings": []}
+    return [
+        labels_layer_data(mask, affine, f"{name} · {group}", "mask", extra_meta={**meta, "segment_group": group})
+        for group, (mask, affine) in masks.items()
+    ]
 
 
 def _nifti_header(path: str | os.PathLike):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 PRIVATE_SCHEME = "99COVIDATT"
 

@@ -20,7 +20,12 @@ from pydicom.sr.codedict import codes as dicom_codes
 
 from napari_covid_attention import __version__
 from napari_covid_attention.export import codes
-from napari_covid_attention.export.source import ExportError, on_source_grid, source_series
+from napari_covid_attention.export.source import (
+    ExportError,
+    copied_names_quiet,
+    on_source_grid,
+    source_series,
+)
 from napari_covid_attention.export.uids import derived_uid
 from napari_covid_attention.preprocess.lung import LEFT_LUNG, RIGHT_LUNG
 
@@ -69,24 +74,25 @@ def segmentation_dataset(
     series_uid = seg_series_uid(source.series_uid, algorithm, mask_version)
     name = annotator_name(annotator)
     who = clean_annotator(annotator)
-    seg = hd.seg.Segmentation(
-        source_images=source.datasets,
-        pixel_array=stacked,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_segment_descriptions(source.series_uid, algorithm, who),
-        series_instance_uid=series_uid,
-        series_number=series_number or DEFAULT_SEG_SERIES_NUMBER + (mask_version or 0),
-        sop_instance_uid=derived_uid("covid-attention-seg-instance", series_uid),
-        instance_number=1,
-        manufacturer=SOFTWARE,
-        manufacturer_model_name=SOFTWARE,
-        software_versions=__version__,
-        device_serial_number="0",
-        content_description=_description(algorithm, who, mask_version),
-        content_creator_name=name,
-        content_label="CORRECTED" if who or mask_version is not None else "AI_MASKS",
-        omit_empty_frames=False,  # every source slice has its frame: the grid reads back whole
-    )
+    with copied_names_quiet():
+        seg = hd.seg.Segmentation(
+            source_images=source.datasets,
+            pixel_array=stacked,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=_segment_descriptions(source.series_uid, algorithm, who),
+            series_instance_uid=series_uid,
+            series_number=series_number or DEFAULT_SEG_SERIES_NUMBER + (mask_version or 0),
+            sop_instance_uid=derived_uid("covid-attention-seg-instance", series_uid),
+            instance_number=1,
+            manufacturer=SOFTWARE,
+            manufacturer_model_name=SOFTWARE,
+            software_versions=__version__,
+            device_serial_number="0",
+            content_description=_description(algorithm, who, mask_version),
+            content_creator_name=name,
+            content_label="CORRECTED" if who or mask_version is not None else "AI_MASKS",
+            omit_empty_frames=False,  # every source slice has its frame: the grid reads back whole
+        )
     seg.SeriesDescription = _description(algorithm, who, mask_version)
     return seg
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -19,12 +18,12 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from napari_covid_attention.export import codes
+from napari_covid_attention.export.sniff import SEGMENTATION_STORAGE
 from napari_covid_attention.io import geometry
 from napari_covid_attention.io.files import open_regular
 from napari_covid_attention.io.volume import CTLoadError, CTVolume
 from napari_covid_attention.preprocess.lung import LEFT_LUNG, RIGHT_LUNG
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LUNGS, INFECTION = "lungs", "infection"
 _LUNG_LABELS = {codes.RIGHT_LUNG.value: RIGHT_LUNG, codes.LEFT_LUNG.value: LEFT_LUNG}
 _INFECTION_TYPES = {codes.LESION.value, codes.PNEUMONIA.value, codes.COVID19_DISEASE.value}
@@ -32,19 +31,6 @@ _INFECTION_TYPES = {codes.LESION.value, codes.PNEUMONIA.value, codes.COVID19_DIS
 _GRID_TOLERANCE_VOXELS = 0.01
 
 Masks = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
-def is_segmentation_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a DICOM file whose SOP class is Segmentation Storage (header only)."""
-    from napari_covid_attention.io.dicom.headers import TAG, NotDicom, Unreadable, read_file, stripped_text
-
-    try:
-        raw = read_file(Path(path))
-    except (NotDicom, Unreadable):
-        return False
-    value = raw.values.get(TAG["SOPClassUID"])
-    sop_class = stripped_text(value) if value is not None else raw.media_sop_class
-    return sop_class == SEGMENTATION_STORAGE
 
 
 def read_segmentation(

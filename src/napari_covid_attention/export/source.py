@@ -12,6 +12,9 @@ nothing.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,3 +160,12 @@ def on_source_grid(mask: np.ndarray, mask_affine: np.ndarray | None, source: Sou
             f"(shape {source.shape}); export it with the scan it was made on."
         )
     return np.ascontiguousarray(moved)
+
+
+@contextmanager
+def copied_names_quiet() -> Iterator[None]:
+    """Mute highdicom's warning about single-component person names copied from the source
+    (anonymisers write "Lung_Dx-A0002"): patient attributes are copied as they are, never edited."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+        yield

@@ -21,7 +21,7 @@ from pydicom.sr.codedict import codes as dicom_codes
 from napari_covid_attention import __version__
 from napari_covid_attention.export import codes
 from napari_covid_attention.export.seg import SOFTWARE, annotator_name
-from napari_covid_attention.export.source import ExportError, source_series
+from napari_covid_attention.export.source import ExportError, copied_names_quiet, source_series
 from napari_covid_attention.export.uids import derived_uid
 from napari_covid_attention.io import geometry
 
@@ -89,18 +89,29 @@ def measurement_report(
         imaging_measurements=groups,
     )
     series_uid = derived_uid("covid-attention-sr-series", seg_dataset.SeriesInstanceUID)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[*source.datasets, seg_dataset],
-        content=report,
-        series_instance_uid=series_uid,
-        series_number=series_number or int(seg_dataset.SeriesNumber) + SR_SERIES_NUMBER_OFFSET,
-        sop_instance_uid=derived_uid("covid-attention-sr-instance", series_uid),
-        instance_number=1,
-        manufacturer=SOFTWARE,
-        is_complete=True,
-    )
+    with copied_names_quiet():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[*source.datasets, seg_dataset],
+            content=report,
+            series_instance_uid=series_uid,
+            series_number=series_number or int(seg_dataset.SeriesNumber) + SR_SERIES_NUMBER_OFFSET,
+            sop_instance_uid=derived_uid("covid-attention-sr-instance", series_uid),
+            instance_number=1,
+            manufacturer=SOFTWARE,
+            is_complete=True,
+        )
+    sr.CodingSchemeIdentificationSequence = [_private_scheme()]
     sr.SeriesDescription = f"COVID-19 attention measurements ({seg_dataset.get('SeriesDescription', '')})"[:64]
     return sr
+
+
+def _private_scheme() -> Dataset:
+    """SOP Common's declaration of the private coding scheme the report uses."""
+    item = Dataset()
+    item.CodingSchemeDesignator = codes.PRIVATE_SCHEME
+    item.CodingSchemeName = "napari-covid-attention private concepts"
+    item.CodingSchemeResponsibleOrganization = SOFTWARE
+    return item
 
 
 def _num(name, value: float, unit, algorithm) -> hd.sr.Measurement:
