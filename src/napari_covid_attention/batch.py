@@ -64,6 +64,7 @@ def diagnose_many(
     write_maps: bool = True,
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
+    push: bool = False,
 ) -> Path:
     """Diagnose every scan; a scan that cannot be read or diagnosed is a row of the CSV, not fatal.
 
@@ -73,6 +74,14 @@ def diagnose_many(
     ``summary.json`` and the lung and infection masks and the three maps as NIfTI on the
     scan's own voxel grid. The CSV is rewritten atomically after every scan, so an
     interrupted run leaves a complete table of the scans done so far.
+
+    A DICOM input (folder, file or DICOMweb series URL) also gets ``diagnosis.seg.dcm``
+    (DICOM-SEG of the masks on the source frames) and ``diagnosis.sr.dcm`` (the numbers as
+    a TID 1500 SR) in its folder; column ``dicom`` says why when they could not be made.
+    With ``push``, a series retrieved from a PACS gets them stored back into its study there
+    (STOW-RS) after they are written locally; column ``push`` says ``stored`` or, in one
+    sentence, what failed (the local outputs stay). Their UIDs derive from the source series
+    and the bundle, so pushing the same diagnosis again stores no duplicate.
 
     An existing ``results.csv`` in ``out_dir`` is replaced only with ``overwrite``. Nothing is
     written through a symbolic link: ``out_dir`` and its per-scan folders must not be links,
@@ -94,7 +103,7 @@ def diagnose_many(
     pacs = _PacsClients()
     try:
         for index, scan in enumerate(scans):
-            rows.append(_diagnose_one(index, scan, out, model, device, write_maps, pacs))
+            rows.append(_diagnose_one(index, scan, out, model, device, write_maps, pacs, push))
             _write_table(table, rows)
             if progress:
                 progress(index + 1, len(scans))
@@ -108,6 +117,12 @@ def count_failed(table: str | Path) -> tuple[int, int]:
     with open(table, newline="", encoding="utf-8") as handle:
         statuses = [row.get("status") for row in csv.DictReader(handle)]
     return sum(status != "ok" for status in statuses), len(statuses)
+
+
+def count_push_failed(table: str | Path) -> int:
+    """Diagnosed scans whose SEG and SR could not be stored on their PACS (``--push``)."""
+    with open(table, newline="", encoding="utf-8") as handle:
+        return sum(row.get("status") == "ok" and (row.get("push") or "stored") != "stored" for row in csv.DictReader(handle))
 
 
 def _write_table(table: Path, rows: Sequence[dict]) -> None:
@@ -139,6 +154,10 @@ class _PacsClients:
             self._clients[key] = PacsClient(ref.base_url, credentials=ref.credentials)
         return self._clients[key]
 
+    def source_folder(self, ref: SeriesRef) -> Path | None:
+        """The cached DICOM files of a retrieved series (the SEG's source images)."""
+        return self.get(ref).cached_folder(ref.study_uid, ref.series_uid)
+
     def load(self, scan: Scan) -> CTVolume:
         """A file scan through ``load_ct``; a PACS series retrieved (or from the cache) first."""
         if isinstance(scan, SeriesRef):
@@ -152,17 +171,23 @@ class _PacsClients:
             client.close()
 
 
-def _diagnose_one(index: int, scan: Scan, out: Path, model, device: str, write_maps: bool, pacs: _PacsClients) -> dict:
+def _diagnose_one(
+    index: int, scan: Scan, out: Path, model, device: str, write_maps: bool, pacs: _PacsClients, push: bool = False
+) -> dict:
     started = time.perf_counter()
     row: dict = {"input": str(scan)}  # a SeriesRef shows its URL without credentials
     try:
         volume = pacs.load(scan)
         result = diagnose(volume, model, device)
         row.update(status="ok", **_result_columns(result))
-        if write_maps:
+        is_dicom = volume.metadata.get("format") == "DICOM"
+        if write_maps or (push and is_dicom):
             folder = _case_folder(out, f"{index:04d}_{_safe_name(scan)}")
-            _write_case(folder, volume, result)
+            if write_maps:
+                _write_case(folder, volume, result)
             row["outputs"] = str(folder)
+            if is_dicom:
+                row.update(_dicom_outputs(scan, volume, result, folder, pacs, push))
     except UserFacingError as exc:
         row.update(status="error", error=_one_line(str(exc)))
     except OSError as exc:  # the maps could not be written (disk full, permissions)
@@ -173,6 +198,49 @@ def _diagnose_one(index: int, scan: Scan, out: Path, model, device: str, write_m
         row.update(status="error", error=f"The scan could not be diagnosed ({_detail(exc)}).")
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row
+
+
+DICOM_NAME = "diagnosis"  # the case folder's diagnosis.seg.dcm and diagnosis.sr.dcm
+
+
+def _dicom_outputs(scan: Scan, volume: CTVolume, result: Diagnosis, folder: Path, pacs: _PacsClients, push: bool) -> dict:
+    """Write the SEG and SR of a DICOM scan; with ``push``, store them on its PACS too.
+
+    Returns the ``dicom`` and ``push`` columns. Failures here never fail the diagnosis:
+    they are one sentence in those columns (the CLI exits 2 on a failed push)."""
+    from napari_covid_attention.export import dicom_outputs, read_source_datasets
+
+    columns: dict = {}
+    pushing = push and isinstance(scan, SeriesRef)  # files have no server to go back to
+    try:
+        source = pacs.source_folder(scan) if isinstance(scan, SeriesRef) else scan
+        if source is None:
+            raise UserFacingError("The retrieved series is no longer in the PACS cache.")
+        datasets = read_source_datasets(source, None if isinstance(scan, SeriesRef) else volume.metadata.get("series_key"))
+        paths = dicom_outputs(datasets, result, folder, name=DICOM_NAME)
+    except UserFacingError as exc:
+        columns["dicom"] = _one_line(str(exc))
+        if pushing:
+            columns["push"] = "not pushed: " + _one_line(str(exc))
+        return columns
+    columns["dicom"] = " ".join(p.name for p in paths)
+    if pushing:
+        columns["push"] = _push(scan, paths, pacs)
+    return columns
+
+
+def _push(ref: SeriesRef, paths: Sequence[Path], pacs: _PacsClients) -> str:
+    """Store the written SEG and SR (the files as they are on disk) into the scan's study."""
+    import pydicom
+
+    try:
+        datasets = [pydicom.dcmread(path) for path in paths]
+        pacs.get(ref).store(datasets, study_uid=ref.study_uid)
+    except UserFacingError as exc:
+        return _one_line(str(exc))
+    except OSError as exc:
+        return f"The SEG and SR could not be read back for storing ({_detail(exc)})."
+    return "stored"
 
 
 def _one_line(text: str) -> str:

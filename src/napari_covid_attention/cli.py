@@ -233,13 +233,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from napari_covid_attention.batch import count_failed, diagnose_many
+    from napari_covid_attention.batch import count_failed, count_push_failed, diagnose_many
 
     progress, close = _tqdm_progress("diagnosing")
     try:
         table = diagnose_many(
             args.inputs, args.out, bundle=args.bundle, device=args.device, write_maps=not args.no_maps,
-            progress=progress, overwrite=args.overwrite,
+            progress=progress, overwrite=args.overwrite, push=args.push,
         )
     finally:
         close()
@@ -247,6 +247,14 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     failed, total = count_failed(table)
     if failed:
         print(f"error: {failed} of {total} scans could not be diagnosed; see the error column of {table}.", file=sys.stderr)
+        return 2
+    not_pushed = count_push_failed(table) if args.push else 0
+    if not_pushed:
+        print(
+            f"error: the SEG and SR of {not_pushed} of {total} scans were not stored on the PACS (they are in --out); "
+            f"see the push column of {table}.",
+            file=sys.stderr,
+        )
         return 2
     return 0
 
@@ -386,8 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--out", type=Path, default=Path("diagnosis-output"), help="output folder (never beside the inputs)")
     diag.add_argument("--bundle", default=None, help="bundle folder or name (default: the built-in demo)")
     diag.add_argument("--device", default="auto", help="auto, cpu, cuda:N or mps")
-    diag.add_argument("--no-maps", action="store_true", help="write only the results CSV, no NIfTI maps and masks")
+    diag.add_argument("--no-maps", action="store_true", help="write only the results CSV: no NIfTI maps and masks, no SEG/SR unless --push")
     diag.add_argument("--overwrite", action="store_true", help="replace an earlier run's results.csv (and same-named scan folders) in --out")
+    diag.add_argument(
+        "--push", action="store_true",
+        help="store each PACS series' DICOM-SEG and SR back into its study on the same server (STOW-RS); "
+        "DICOM inputs get diagnosis.seg.dcm and diagnosis.sr.dcm in --out either way",
+    )
     diag.set_defaults(func=_cmd_diagnose)
 
     pacs = sub.add_parser(
