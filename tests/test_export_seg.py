@@ -217,7 +217,7 @@ def test_plugin_reader_opens_a_seg_as_labels_on_the_ct_geometry(tmp_path: Path, 
     assert np.array_equal(by_group["lungs"][0], lungs)
     assert np.array_equal(by_group["infection"][0], infection)
     _, ct_kwargs, _ = ct_layer_data(volume, "ct")
-    for data, kwargs in by_group.values():
+    for _data, kwargs in by_group.values():
         np.testing.assert_allclose(kwargs["scale"], ct_kwargs["scale"], atol=1e-6)
         np.testing.assert_allclose(kwargs["translate"], ct_kwargs["translate"], atol=1e-3)
         assert kwargs["name"].startswith("case.seg · ")
