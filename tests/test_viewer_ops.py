@@ -96,7 +96,7 @@ def test_compare_mode_enters_and_restores_exactly(viewer, diagnosis):
     grid = grid_of(viewer)
     assert grid.enabled and grid.stride == 3 and grid.shape == (1, 3)
     names = [layer.name for layer in viewer.layers][:9]
-    assert names[1].endswith("attention") and names[4].endswith("Grad-CAM") and names[7].endswith("Grad-CAM++")
+    assert names[1].startswith("attention ·") and names[4].startswith("Grad-CAM ·") and names[7].startswith("Grad-CAM++ ·")
     assert all(layer.visible for layer in list(viewer.layers)[:9])
     assert not any(layer.visible for layer in list(viewer.layers)[9:])
     # twins share the data arrays: an edit shows in every box

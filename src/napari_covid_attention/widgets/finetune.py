@@ -222,7 +222,8 @@ def _make_plot():
     from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(3.5, 2.0), dpi=90)
+    figure = Figure(figsize=(3.5, 2.0), dpi=90, facecolor="none")  # no white box on napari's dark theme
     canvas = FigureCanvasQTAgg(figure)
+    canvas.setStyleSheet("background-color: transparent")
     canvas.setMinimumHeight(140)
     return figure, canvas

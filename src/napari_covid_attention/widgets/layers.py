@@ -125,7 +125,7 @@ def diagnosis_layer_steps(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagn
     made: dict[str, Layer] = {}
 
     lungs = labels_layer_data(
-        diagnosis.lung_mask, diagnosis.scan_affine, f"{ct_layer.name} · lung mask", "lung_mask",
+        diagnosis.lung_mask, diagnosis.scan_affine, f"lung mask · {ct_layer.name}", "lung_mask",
         source_ornt=source_ornt, extra_meta={"scan": key},
         colormap=DirectLabelColormap(
             color_dict={None: "transparent", 0: "transparent", RIGHT_LUNG: LUNG_COLORS["right"], LEFT_LUNG: LUNG_COLORS["left"]}
@@ -139,7 +139,7 @@ def diagnosis_layer_steps(viewer: ViewerModel, ct_layer: Image, diagnosis: Diagn
         made[name] = _add_map(viewer, ct_layer, diagnosis, name, visible=name == "attention", earlier=earlier.get(name))
         yield name
     infection = labels_layer_data(
-        diagnosis.infection_mask, diagnosis.scan_affine, f"{ct_layer.name} · infection mask", "infection_mask",
+        diagnosis.infection_mask, diagnosis.scan_affine, f"infection mask · {ct_layer.name}", "infection_mask",
         source_ornt=source_ornt,
         extra_meta={"scan": key, "model": f"{diagnosis.bundle_name} {diagnosis.bundle_version}", "predicted": diagnosis.predicted_class,
                     "finding": diagnosis.finding},
@@ -162,7 +162,7 @@ def _add_map(
         "source_ornt": None,
     }
     kwargs = dict(
-        name=f"{ct_layer.name} · {MAP_TITLES[name]}",
+        name=f"{MAP_TITLES[name]} · {ct_layer.name}",
         metadata={META_KEY: meta},
         **layer_transform(saliency.affine).as_layer_kwargs(),
     )
