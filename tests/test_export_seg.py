@@ -278,3 +278,21 @@ def test_real_series_diagnosis_round_trips_voxel_exact(tmp_path: Path, real_diag
     # A second export of the same result is the same object, not a duplicate.
     again, _ = dicom_outputs(sources, diagnosis, tmp_path / "again", name="real")
     assert pydicom.dcmread(again).SOPInstanceUID == seg.SOPInstanceUID
+
+
+def test_odd_corpus_segs_read_or_are_refused_in_one_sentence(odd_corpus_dir: Path) -> None:
+    """pydicom's SEG files (one frame, big endian...): Labels or a CTLoadError, nothing else."""
+    from napari_covid_attention.export.sniff import is_segmentation_file
+
+    segs = [p for p in sorted(odd_corpus_dir.rglob("*.dcm")) if is_segmentation_file(p)]
+    assert segs, "the corpus holds SEG files"
+    read = 0
+    for path in segs:
+        try:
+            masks = read_segmentation(path)
+        except CTLoadError as exc:
+            assert str(exc).endswith(".") and "\n" not in str(exc)
+            continue
+        read += 1
+        assert all(mask.ndim == 3 and mask.dtype == np.uint8 and affine.shape == (4, 4) for mask, affine in masks.values())
+    assert read >= 1

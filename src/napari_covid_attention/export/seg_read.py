@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from napari_covid_attention.export import codes
 from napari_covid_attention.export.sniff import SEGMENTATION_STORAGE
 from napari_covid_attention.io import geometry
+from napari_covid_attention.io.dicom.messages import quiet_pydicom, short_message
 from napari_covid_attention.io.files import open_regular
 from napari_covid_attention.io.volume import CTLoadError, CTVolume
 from napari_covid_attention.preprocess.lung import LEFT_LUNG, RIGHT_LUNG
@@ -74,7 +75,7 @@ def _segmentation(source: str | os.PathLike | Dataset) -> hd.seg.Segmentation:
         if isinstance(source, Dataset):
             dataset = source
         else:
-            with open_regular(source, capped=True) as handle:
+            with quiet_pydicom(), open_regular(source, capped=True) as handle:
                 dataset = pydicom.dcmread(handle)
         if str(dataset.get("SOPClassUID", "")) != SEGMENTATION_STORAGE:
             raise CTLoadError("The file is not a DICOM segmentation (its SOP class is not Segmentation Storage).")
@@ -82,7 +83,7 @@ def _segmentation(source: str | os.PathLike | Dataset) -> hd.seg.Segmentation:
     except CTLoadError:
         raise
     except Exception as exc:  # pydicom and highdicom raise many types on damaged files
-        raise CTLoadError(f"The DICOM-SEG cannot be read: {str(exc).splitlines()[0][:200]}.") from None
+        raise CTLoadError(f"The DICOM-SEG cannot be read: {short_message(exc).rstrip('.')}.") from None
 
 
 def _fractional(seg: hd.seg.Segmentation) -> bool:
