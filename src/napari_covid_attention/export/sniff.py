@@ -17,9 +17,11 @@ def is_segmentation_file(path: str | os.PathLike) -> bool:
         read_file,
         stripped_text,
     )
+    from napari_covid_attention.io.dicom.messages import quiet_pydicom
 
     try:
-        raw = read_file(Path(path))
+        with quiet_pydicom():
+            raw = read_file(Path(path))
     except (NotDicom, Unreadable):
         return False
     value = raw.values.get(TAG["SOPClassUID"])
