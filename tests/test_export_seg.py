@@ -220,7 +220,7 @@ def test_plugin_reader_opens_a_seg_as_labels_on_the_ct_geometry(tmp_path: Path, 
     for _data, kwargs in by_group.values():
         np.testing.assert_allclose(kwargs["scale"], ct_kwargs["scale"], atol=1e-6)
         np.testing.assert_allclose(kwargs["translate"], ct_kwargs["translate"], atol=1e-3)
-        assert kwargs["name"].startswith("case.seg · ")
+        assert kwargs["name"].endswith(" · case.seg")  # kind first, as the result layers
     # A CT file next to it still opens as a CT.
     ct_layers = npe2.read([str(sources[0].filename)], stack=False, plugin_name="napari-covid-attention")
     assert ct_layers[0][2] == "image"

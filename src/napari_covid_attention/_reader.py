@@ -85,7 +85,7 @@ def read_dicom_seg(path: str | os.PathLike) -> list[LayerData] | list:
     name = _display_name(Path(path))
     meta = {"source_path": str(path), "warnings": []}
     return [
-        labels_layer_data(mask, affine, f"{name} · {group}", "mask", extra_meta={**meta, "segment_group": group})
+        labels_layer_data(mask, affine, f"{group} · {name}", "mask", extra_meta={**meta, "segment_group": group})
         for group, (mask, affine) in masks.items()
     ]
 
