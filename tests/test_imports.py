@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-CORE = ("io", "preprocess", "models", "explain", "training", "annotations", "data", "diagnosis", "batch", "cli")
+CORE = ("io", "preprocess", "models", "explain", "training", "annotations", "data", "diagnosis", "batch", "cli", "export", "pacs")
 GUI_PACKAGES = {"qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari"}
 
 # Imports each package with all of its submodules, then lists the GUI modules that came with them.
