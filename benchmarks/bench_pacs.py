@@ -46,6 +46,7 @@ def main() -> int:
 
     import pydicom
     import torch
+    from orthanc import orthanc_available, start_orthanc
 
     from napari_covid_attention.diagnosis import diagnose
     from napari_covid_attention.export import dicom_outputs, read_source_datasets
@@ -54,7 +55,6 @@ def main() -> int:
     from napari_covid_attention.models.bundle import load_bundle
     from napari_covid_attention.models.registry import resolve_bundle
     from napari_covid_attention.pacs import PacsClient, SeriesCache
-    from orthanc import orthanc_available, start_orthanc
 
     if not orthanc_available():
         print("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb).")

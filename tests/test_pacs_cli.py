@@ -187,3 +187,14 @@ def test_dicom_files_get_seg_and_sr_in_out(chest_series_dir, tiny_bundle, tmp_pa
     assert row["dicom"] == "diagnosis.seg.dcm diagnosis.sr.dcm" and "push" not in row
     masks = read_segmentation(out / row["outputs"] / "diagnosis.seg.dcm", reference_volume=load_ct(chest_series_dir))
     assert set(masks) == {"lungs", "infection"}
+
+
+def test_credentials_in_a_diagnose_url_are_used_and_never_written(orthanc_auth, tiny_bundle, tmp_path, capfd):  # noqa: F811
+    root = orthanc_auth.dicomweb_url.replace("//", f"//{AUTH_USER}:{AUTH_PASSWORD}@")
+    out = tmp_path / "out"
+    assert main(["diagnose", f"{root}/studies/1.2/series/1.2.3", "--out", str(out), "--bundle", str(tiny_bundle)]) == 2
+    (row,) = read_rows(out / "results.csv")
+    assert row["input"] == f"{orthanc_auth.dicomweb_url}/studies/1.2/series/1.2.3"
+    assert "has no series 1.2.3" in row["error"]  # authenticated: a 404, not a 401
+    captured = capfd.readouterr()
+    assert AUTH_PASSWORD not in (out / "results.csv").read_text() + captured.out + captured.err

@@ -9,8 +9,21 @@ import pytest
 import requests
 
 from napari_covid_attention.errors import UserFacingError
-from napari_covid_attention.pacs import SeriesCache, parse_series_url, parse_study_url, redact, series_ref
-from napari_covid_attention.pacs.auth import PASSWORD_ENV, TOKEN_ENV, USER_ENV, BasicAuth, BearerAuth, auth_from_env
+from napari_covid_attention.pacs import (
+    SeriesCache,
+    parse_series_url,
+    parse_study_url,
+    redact,
+    series_ref,
+)
+from napari_covid_attention.pacs.auth import (
+    PASSWORD_ENV,
+    TOKEN_ENV,
+    USER_ENV,
+    BasicAuth,
+    BearerAuth,
+    auth_from_env,
+)
 from napari_covid_attention.pacs.cache import cache_key
 from napari_covid_attention.pacs.client import _store_result, date_range
 from napari_covid_attention.pacs.errors import pacs_error

@@ -11,7 +11,14 @@ and open it with the file reader, store results back (SEG, SR). Core code: no na
 from napari_covid_attention.pacs.cache import SeriesCache
 from napari_covid_attention.pacs.client import PacsClient, SeriesMatch, StoreResult, StudyMatch
 from napari_covid_attention.pacs.errors import PacsError
-from napari_covid_attention.pacs.urls import SeriesRef, is_url, parse_series_url, parse_study_url, redact, series_ref
+from napari_covid_attention.pacs.urls import (
+    SeriesRef,
+    is_url,
+    parse_series_url,
+    parse_study_url,
+    redact,
+    series_ref,
+)
 
 __all__ = [
     "PacsClient",
