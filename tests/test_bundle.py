@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +128,15 @@ def test_ensemble_weights_that_are_not_a_number_or_negative_are_refused(tmp_path
     (path / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="negative or not a number"):
         load_bundle(path)
+
+
+def test_a_bare_name_is_a_registry_name_before_a_folder_of_the_working_directory(tmp_path, monkeypatch):
+    """Fine-tuning started from a folder that has a demo/ subfolder used to load that folder."""
+    from napari_covid_attention.models.registry import BUILTIN_DIR, resolve_bundle
+
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "mine").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert resolve_bundle("demo") == BUILTIN_DIR / "demo"
+    assert resolve_bundle("./demo") == Path("./demo")  # a path stays a path
+    assert resolve_bundle("mine") == Path("mine")  # no such name: the folder

@@ -215,13 +215,21 @@ def next_version(name: str, root: Path | None = None, after: str | None = None) 
 
 
 def resolve_bundle(spec: str | os.PathLike | None = None) -> Path:
-    """A bundle folder from a path, a bundle name (its current version), or nothing (the demo)."""
-    if spec is not None and Path(spec).is_dir():
-        return Path(spec)
-    name = DEMO_BUNDLE if spec is None else str(spec)
-    path = current_bundle(name)
+    """A bundle folder from a path, a bundle name (its current version), or nothing (the demo).
+
+    A bare name (no folder separator) is a registry name first: a folder called "demo" in
+    the working directory must not replace the demo model.
+    """
+    text = None if spec is None else os.fspath(spec)
+    is_bare_name = text is not None and isinstance(spec, str) and os.sep not in text and "/" not in text and text not in (".", "..")
+    if text is not None and not is_bare_name and Path(text).is_dir():
+        return Path(text)
+    name = DEMO_BUNDLE if text is None else text
+    path = current_bundle(name) if is_safe_name(name) else None
     if path is not None:
         return path
+    if text is not None and Path(text).is_dir():
+        return Path(text)  # a folder in the working directory named like no registry bundle
     if name == DEMO_BUNDLE:
         raise BundleError("The built-in demo bundle is missing from this installation; reinstall napari-covid-attention.")
     broken = [b for b in broken_bundles() if is_safe_name(name) and b.path.parent.name == name]
