@@ -16,6 +16,7 @@ from napari_covid_attention._layer_data import plugin_meta
 from napari_covid_attention.annotations import AnnotationStore
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.session.correction import AUTOSAVE_S, MaskCorrection, ToolSettings
+from napari_covid_attention.session.imports import import_shared_modules
 from napari_covid_attention.session.models import ModelChoice
 from napari_covid_attention.session.scan import ScanSession
 from napari_covid_attention.session.scheduler import Scheduler
@@ -41,6 +42,7 @@ class Session:
         self.viewer = viewer
         self.scheduler = scheduler
         self.autosave_s = autosave_s
+        import_shared_modules()  # before the model choice starts importing torch in a worker
         self.store = AnnotationStore(settings.get("store"))
         self.annotator: str = settings.get("annotator", "")
         self.models = ModelChoice(scheduler=scheduler)

@@ -92,12 +92,12 @@ class DiagnoseWidget(ScrollingDock):
     def _model_box(self) -> QGroupBox:
         box = QGroupBox("Model")
         grid = QGridLayout(box)
-        self.bundle_combo = QComboBox()
+        self.bundle_combo = _narrow(QComboBox())
         self.bundle_combo.activated.connect(self._bundle_picked)
         add = QPushButton("Add…")
         add.setToolTip("Use a bundle folder (bundle.json + safetensors weights)")
         add.clicked.connect(self._browse_bundle)
-        self.device_combo = QComboBox()
+        self.device_combo = _narrow(QComboBox())
         self.device_combo.addItem("automatic (GPU if available)", "auto")
         self.bundle_label = QLabel()
         self.bundle_label.setWordWrap(True)
@@ -117,6 +117,7 @@ class DiagnoseWidget(ScrollingDock):
         # name never diagnose the wrong layer; only CT images are offered.
         self.layer_picker = ComboBox(choices=self._ct_choices, nullable=False)
         self.layer_picker.native.setToolTip("The CT image to diagnose (only CT images are offered)")
+        _narrow(self.layer_picker.native)
         self.layer_picker.changed.connect(self._picked_layer)
         self.diagnose_button = QPushButton("Diagnose")
         self.diagnose_button.clicked.connect(lambda: self.run_diagnosis())
@@ -424,6 +425,14 @@ class DiagnoseWidget(ScrollingDock):
         infected, lung = ops.slice_areas_cm2(infection, diagnosis.lung_mask, z, spacing)
         share = f" ({100 * infected / lung:.1f} % of lung on this slice)" if lung else ""
         self.slice_readout.setText(f"Slice {z}: infection {infected:.1f} cm²{share}")
+
+
+def _narrow(combo: QComboBox) -> QComboBox:
+    """A combo box that does not widen the dock to its longest item (the item is elided;
+    its full text is in the tooltip)."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(14)
+    return combo
 
 
 def _disconnect_mask(layer, handler) -> None:
