@@ -153,3 +153,13 @@ def test_rerun_refreshes_maps_in_place_with_the_new_values_and_geometry(viewer, 
     assert plugin_meta(second["attention"].metadata)["affine"] == moved.tolist()
     expected = ops.layer_transform(moved).as_layer_kwargs()
     np.testing.assert_allclose(second["attention"].translate, expected["translate"])
+
+
+def test_a_window_preset_goes_to_the_ct_even_when_its_map_is_selected(viewer, diagnosis):
+    from napari_covid_attention.widgets.window import target_image_layer
+
+    ct = viewer.layers["ct"]
+    ops.add_diagnosis_layers(viewer, ct, diagnosis)
+    attention = ops.layer_of_kind(viewer, ct, "attention")
+    viewer.layers.selection.active = attention
+    assert target_image_layer(viewer) is ct  # was the attention map: a pink box

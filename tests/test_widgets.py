@@ -169,3 +169,41 @@ def test_cancel_adds_nothing(widget_viewer, qtbot):
     assert len(viewer.layers) == before
     assert worker is not None and widget.current_result() is None
 
+
+
+def test_closing_the_scan_clears_the_card_and_readout(widget_viewer):
+    viewer, widget = widget_viewer
+    widget.run_diagnosis(threaded=False)
+    assert "mL" in widget.card.text() and widget.slice_readout.text().startswith("Slice")
+    viewer.layers.remove(viewer.layers["ct"])
+    assert widget.card.text() == "Select a CT image layer and press Diagnose."
+    assert widget.slice_readout.text() == "" and widget.scores.rowCount() == 0
+    assert len(viewer.layers) == 0  # its result layers went with it
+
+
+def test_the_bundle_picker_follows_a_promotion_and_a_rollback(widget_viewer, tiny_bundle):
+    import json
+    import shutil
+
+    from napari_covid_attention.models.registry import (
+        BUILTIN_DIR,
+        bundle_info,
+        rollback,
+        set_current,
+        user_bundles_dir,
+    )
+
+    viewer, widget = widget_viewer
+    models = widget.session.models
+    models.choose(BUILTIN_DIR / "demo")  # follow the demo family's current version
+    target = user_bundles_dir() / "demo" / "9.0.0"
+    shutil.copytree(tiny_bundle, target)
+    meta = json.loads((target / "bundle.json").read_text())
+    meta.update(name="demo", version="9.0.0", parent={"name": "demo", "version": bundle_info(BUILTIN_DIR / "demo").version})
+    (target / "bundle.json").write_text(json.dumps(meta))
+    set_current("demo", "9.0.0", "promoted in a test")
+    models.refresh()  # what the Fine-tune dock does after a promotion
+    assert widget.bundle_combo.currentData() == str(target)
+    rollback("demo")
+    models.refresh()
+    assert widget.bundle_combo.currentData() == str(BUILTIN_DIR / "demo")
