@@ -169,7 +169,14 @@ class DiagnoseWidget(ScrollingDock):
         row.addWidget(self.include_pp)
         layout.addLayout(row)
         self.scores = QTableWidget(0, 4)
-        self.scores.setHorizontalHeaderLabels(["map", "energy in mask", "pointing game", "map AUC"])
+        self.scores.setHorizontalHeaderLabels(["map", "in mask", "pointing", "AUC"])
+        for column, tip in enumerate((
+            "attention, Grad-CAM or Grad-CAM++",
+            "share of the map's energy inside the infection mask",
+            "pointing game: is the map's peak inside the mask?",
+            "map AUC: how well the map's values separate mask from non-mask voxels",
+        )):
+            self.scores.horizontalHeaderItem(column).setToolTip(tip)
         self.scores.verticalHeader().setVisible(False)
         self.scores.setToolTip("How well each map points at the current infection mask; updates as you edit it.")
         self.scores.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
