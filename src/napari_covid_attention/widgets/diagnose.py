@@ -141,11 +141,13 @@ class DiagnoseWidget(ScrollingDock):
         windows = QHBoxLayout()
         for name in window_names():
             button = QPushButton(name.capitalize())
+            button.setMinimumWidth(40)  # "Mediastinum" may be elided rather than widen the dock
             button.clicked.connect(lambda _=False, n=name: self.apply_window(n))
             windows.addWidget(button)
         layout.addLayout(windows)
         jumps = QHBoxLayout()
-        self.jump_infection = QPushButton("Slice with most infection")
+        self.jump_infection = QPushButton("Most infected slice")
+        self.jump_infection.setToolTip("Go to the axial slice with the most infection in the mask as it is now")
         self.jump_infection.clicked.connect(self.jump_to_infection)
         self.jump_attention = QPushButton("Attention peak")
         self.jump_attention.clicked.connect(self.jump_to_attention_peak)
@@ -153,6 +155,7 @@ class DiagnoseWidget(ScrollingDock):
         jumps.addWidget(self.jump_attention)
         layout.addLayout(jumps)
         self.slice_readout = QLabel("")
+        self.slice_readout.setWordWrap(True)  # unwrapped, it alone set the dock's minimum width
         layout.addWidget(self.slice_readout)
         return box
 
