@@ -3,7 +3,8 @@
     python scripts/make_screenshots.py [--bundle demo] [--real ../shared/data/chest-ct-dicom-lung-pet-ct-dx]
         [--real-volume ../shared/data/real-chest-ct/lidc-idri-0001.nii.gz] [--inserted runs/demo/inserted/images/X.nii.gz]
 
-Writes: real-series-lung-window.png (the real series as opened), real-series-lung-mask.png
+Writes: docks-covid-19.png and docks-corrections.png (the three docks tabbed on a
+1600 x 1000 window, two scans open), real-series-lung-window.png (the real series as opened), real-series-lung-mask.png
 (the same after diagnosis: lung mask outlined), real-volume-diagnosed.png (a real scan
 without pneumonia after diagnosis, result card), real-inserted-diagnosed.png (a real scan
 with inserted lesions after diagnosis), sample-attention.png (the sample phantom with
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +113,38 @@ def sample(bundle: str | None) -> None:
     viewer.close()
 
 
+def three_docks(bundle: str | None) -> None:
+    """All three docks on a 1600 x 1000 window, two scans open, an edit saved."""
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer, widget = viewer_with_widget(bundle)
+    cap = viewer.open_sample(PLUGIN, "cap_phantom")[0]
+    covid = viewer.open_sample(PLUGIN, "covid_phantom")[0]
+    fit(viewer)
+    for layer in (cap, covid):
+        pick(widget, layer)
+        widget.run_diagnosis(threaded=False)
+    _, correct = viewer.window.add_plugin_dock_widget(PLUGIN, "Corrections")
+    correct.annotator.setText("Dr Demo")
+    correct.set_annotator()
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    widget.jump_to_infection()
+    mask = correct.session.active.correction.layer
+    z = int(round(mask.world_to_data(viewer.dims.point)[0]))
+    mask.paint((z, mask.data.shape[1] // 2, mask.data.shape[2] // 3), 1)  # one brush stroke
+    correct.save_now()
+    from napari.qt.threading import WorkerBase
+
+    WorkerBase.await_workers(60_000)
+    settle(viewer)
+    for name in ("Corrections", "COVID-19 attention"):
+        dock = next(d for d in viewer.window._qt_window.findChildren(QDockWidget) if d.windowTitle().startswith(name))
+        dock.raise_()
+        settle(viewer)
+        viewer.screenshot(str(OUT / f"docks-{name.split()[0].lower()}.png"), canvas_only=False)
+    viewer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=None)
@@ -119,6 +153,8 @@ def main() -> None:
     parser.add_argument("--inserted", type=Path, default=None, help="a scan made by insert-lesions")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    # A fresh user data folder: the screenshots show a new store, and yours is not touched.
+    os.environ.setdefault("NAPARI_COVID_ATTENTION_HOME", tempfile.mkdtemp(prefix="screenshots-home-"))
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
         from napari_covid_attention._demo import start_virtual_display
 
@@ -132,6 +168,7 @@ def main() -> None:
     if args.inserted is not None:
         real_diagnosed(args.bundle, args.inserted, "real-inserted-diagnosed.png")
     sample(args.bundle)
+    three_docks(args.bundle)
     print(f"screenshots in {OUT}")
 
 
