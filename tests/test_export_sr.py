@@ -229,3 +229,23 @@ def test_real_series_corrected_masks_export(tmp_path: Path, real_diagnosis) -> N
         for path in (seg_path, sr_path):
             errors, output = dciodvfy_errors(path)
             assert errors == [], output
+
+
+def test_diagnose_report_writes_the_one_page_report_per_scan(tmp_path, tiny_bundle):
+    """`diagnose --report`: the page for people without an SR viewer, beside the masks."""
+    from napari_covid_attention.cli import main
+    from napari_covid_attention.data.synthetic import generate_phantom
+    from napari_covid_attention.io.nifti import save_nifti
+
+    phantom = generate_phantom(3, label="CAP", shape=(32, 64, 64))
+    scan = tmp_path / "scan.nii.gz"
+    save_nifti(scan, phantom.volume.hu, phantom.volume.affine)
+    out = tmp_path / "out"
+    code = main(["diagnose", str(scan), "--bundle", str(tiny_bundle), "--out", str(out), "--device", "cpu", "--no-maps", "--report"])
+    assert code == 0
+    import csv
+
+    (row,) = list(csv.DictReader(open(out / "results.csv", encoding="utf-8")))
+    page = Path(row["report"])
+    assert page.name == "report.png" and page.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"

@@ -65,6 +65,7 @@ def diagnose_many(
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
     push: bool = False,
+    report: bool = False,
 ) -> Path:
     """Diagnose every scan; a scan that cannot be read or diagnosed is a row of the CSV, not fatal.
 
@@ -82,6 +83,10 @@ def diagnose_many(
     (STOW-RS) after they are written locally; column ``push`` says ``stored`` or, in one
     sentence, what failed (the local outputs stay). Their UIDs derive from the source series
     and the bundle, so pushing the same diagnosis again stores no duplicate.
+
+    With ``report``, each scan's folder also gets ``report.png`` and ``report.pdf``: one page
+    for people without an SR viewer (finding, numbers, model, the most-infected slice with
+    its masks, attention vs Grad-CAM); column ``report`` says why when it could not be made.
 
     An existing ``results.csv`` in ``out_dir`` is replaced only with ``overwrite``. Nothing is
     written through a symbolic link: ``out_dir`` and its per-scan folders must not be links,
@@ -103,7 +108,7 @@ def diagnose_many(
     pacs = _PacsClients()
     try:
         for index, scan in enumerate(scans):
-            rows.append(_diagnose_one(index, scan, out, model, device, write_maps, pacs, push))
+            rows.append(_diagnose_one(index, scan, out, model, device, write_maps, pacs, push, report))
             _write_table(table, rows)
             if progress:
                 progress(index + 1, len(scans))
@@ -172,7 +177,8 @@ class _PacsClients:
 
 
 def _diagnose_one(
-    index: int, scan: Scan, out: Path, model, device: str, write_maps: bool, pacs: _PacsClients, push: bool = False
+    index: int, scan: Scan, out: Path, model, device: str, write_maps: bool, pacs: _PacsClients, push: bool = False,
+    report: bool = False,
 ) -> dict:
     started = time.perf_counter()
     row: dict = {"input": str(scan)}  # a SeriesRef shows its URL without credentials
@@ -181,10 +187,12 @@ def _diagnose_one(
         result = diagnose(volume, model, device)
         row.update(status="ok", **_result_columns(result))
         is_dicom = volume.metadata.get("format") == "DICOM"
-        if write_maps or (push and is_dicom):
+        if write_maps or report or (push and is_dicom):
             folder = _case_folder(out, f"{index:04d}_{_safe_name(scan)}")
             if write_maps:
                 _write_case(folder, volume, result)
+            if report:
+                row["report"] = _report_page(folder, volume, result)
             row["outputs"] = str(folder)
             if is_dicom:
                 row.update(_dicom_outputs(scan, volume, result, folder, pacs, push))
@@ -231,11 +239,10 @@ def _dicom_outputs(scan: Scan, volume: CTVolume, result: Diagnosis, folder: Path
 
 def _push(ref: SeriesRef, paths: Sequence[Path], pacs: _PacsClients) -> str:
     """Store the written SEG and SR (the files as they are on disk) into the scan's study."""
-    import pydicom
+    from napari_covid_attention.pacs.stow import store_files
 
     try:
-        datasets = [pydicom.dcmread(path) for path in paths]
-        pacs.get(ref).store(datasets, study_uid=ref.study_uid)
+        store_files(pacs.get(ref), paths, study_uid=ref.study_uid)
     except UserFacingError as exc:
         return _one_line(str(exc))
     except OSError as exc:
@@ -274,6 +281,17 @@ def _result_columns(result: Diagnosis) -> dict:
         columns[f"p_lesion_{name}"] = round(p, 3)
     columns["warnings"] = WARNING_SEPARATOR.join(result.warnings)
     return columns
+
+
+def _report_page(folder: Path, volume: CTVolume, result: Diagnosis) -> str:
+    """The one-page PNG + PDF report; its path, or why it could not be made (never fatal)."""
+    from napari_covid_attention.export.report_png import write_report
+
+    try:
+        return str(write_report(volume, result, folder / "report.png")[0])
+    except (UserFacingError, OSError, ValueError) as exc:
+        log.error("the report page of %s could not be made", folder, exc_info=True)
+        return "not made: " + _one_line(str(exc) or type(exc).__name__)
 
 
 def _write_case(folder: Path, volume: CTVolume, result: Diagnosis) -> None:

@@ -239,7 +239,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     try:
         table = diagnose_many(
             args.inputs, args.out, bundle=args.bundle, device=args.device, write_maps=not args.no_maps,
-            progress=progress, overwrite=args.overwrite, push=args.push,
+            progress=progress, overwrite=args.overwrite, push=args.push, report=args.report,
         )
     finally:
         close()
@@ -396,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--device", default="auto", help="auto, cpu, cuda:N or mps")
     diag.add_argument("--no-maps", action="store_true", help="write only the results CSV: no NIfTI maps and masks, no SEG/SR unless --push")
     diag.add_argument("--overwrite", action="store_true", help="replace an earlier run's results.csv (and same-named scan folders) in --out")
+    diag.add_argument("--report", action="store_true", help="also a one-page report.png + report.pdf per scan (finding, numbers, key images)")
     diag.add_argument(
         "--push", action="store_true",
         help="store each PACS series' DICOM-SEG and SR back into its study on the same server (STOW-RS); "
