@@ -73,7 +73,7 @@ def pacs_ct_layer_data(volume: CTVolume, name: str, server: str, study_uid: str,
 
 def series_layer_name(study: StudyMatch | None, series: SeriesMatch) -> str:
     """``patient · series description`` (or its number): what a radiologist tells scans apart by."""
-    what = " ".join(series.description.split()) or (
+    what = _shown(series.description) or (
         f"series {series.series_number}" if series.series_number is not None else "CT"
     )
     patient = study.patient_id if study is not None else ""
@@ -217,9 +217,9 @@ class PacsWidget(ScrollingDock):
         grid.addWidget(QLabel("Accession"), 1, 2)
         grid.addWidget(self.accession, 1, 3)
         grid.addWidget(QLabel("Dates"), 2, 0)
-        grid.addWidget(self.dates, 2, 1)
-        grid.addWidget(self.ct_only, 2, 2)
-        grid.addWidget(self.search_button, 2, 3)
+        grid.addWidget(self.dates, 2, 1, 1, 3)
+        grid.addWidget(self.ct_only, 3, 1)
+        grid.addWidget(self.search_button, 3, 3)
         return box
 
     def _open_box(self) -> QGroupBox:
@@ -302,7 +302,8 @@ class PacsWidget(ScrollingDock):
         self._studies, self._series = list(found), []
         self.series_table.setRowCount(0)
         _fill(self.studies, [
-            (_date(s.study_date), s.patient_id, s.accession_number, s.description, _count(s.n_series)) for s in found
+            (_date(s.study_date), s.patient_id, s.accession_number, _shown(s.description), _count(s.n_series))
+            for s in found
         ], tooltips=[f"Study {s.study_uid}" for s in found])
         count = f"{len(found)} stud{'y' if len(found) == 1 else 'ies'} found"
         self.status.setText(f"{count}; select one to list its series." if found else f"{count}.")
@@ -337,7 +338,7 @@ class PacsWidget(ScrollingDock):
             return
         self._series = list(found)
         _fill(self.series_table, [
-            ("" if s.series_number is None else str(s.series_number), " ".join(s.description.split()), s.modality,
+            ("" if s.series_number is None else str(s.series_number), _shown(s.description), s.modality,
              _count(s.n_instances))
             for s in found
         ], tooltips=[s.url for s in found])
@@ -562,6 +563,11 @@ def _root_or_none(url: str) -> str | None:
         return service_root(url)
     except UserFacingError:
         return None
+
+
+def _shown(text: str) -> str:
+    """A DICOM description as read: ``^`` separates its parts, runs of spaces are padding."""
+    return " ".join(text.replace("^", " ").split())
 
 
 def _count(value: int | None) -> str:
