@@ -11,7 +11,11 @@ from conftest import SHARED_DATA
 
 from napari_covid_attention.data.synthetic import generate_phantom
 from napari_covid_attention.io.volume import CTVolume
-from napari_covid_attention.preprocess.scan_checks import MAX_NOISE_HU, estimate_noise_hu, scan_warnings
+from napari_covid_attention.preprocess.scan_checks import (
+    MAX_NOISE_HU,
+    estimate_noise_hu,
+    scan_warnings,
+)
 
 REAL_CT = SHARED_DATA / "real-chest-ct"
 SHAPE = (64, 128, 128)  # 4.7 x 2.8 x 2.8 mm voxels over a whole chest
