@@ -77,9 +77,10 @@ def test_mark_reviewed_marks_the_scan_it_is_called_on(viewer_session):
 
 
 def test_undo_and_redo_are_saved(viewer_session):
-    _, session, scheduler = viewer_session
+    viewer, session, scheduler = viewer_session
     correction = _scan(session, "first").correction
     layer, case_id = correction.layer, correction.case.id
+    viewer.layers.selection.active = layer  # the annotator works on the first scan: it is drawn
     before = np.array(layer.data)
     layer.paint((16, 30, 30), 1)
     scheduler.run_pending()
@@ -170,3 +171,23 @@ def _rename_bundle(folder, name, version, parent):
     meta = json.loads(path.read_text())
     meta.update(name=name, version=version, parent={"name": name, "version": parent})
     path.write_text(json.dumps(meta))
+
+
+def test_only_the_active_scan_is_drawn_and_the_other_comes_back_as_it_was(viewer_session):
+    viewer, session, _ = viewer_session
+    first, second = _scan(session, "first"), _scan(session, "second")
+    assert session.active is second
+    assert not first.ct_layer.visible and not any(layer.visible for layer in first.result_layers(viewer))
+    first.layer_of_kind(viewer, "attention")  # the first scan's attention map was visible before
+    viewer.layers.selection.active = first.ct_layer
+    assert first.ct_layer.visible and first.layer_of_kind(viewer, "attention").visible
+    assert not first.layer_of_kind(viewer, "gradcam").visible  # hidden by default, still hidden
+    assert not second.ct_layer.visible
+
+
+def test_a_renamed_ct_is_announced_to_the_pickers(viewer_session):
+    _, session, _ = viewer_session
+    seen = []
+    session.scans_changed.connect(lambda: seen.append(1))
+    _scan(session, "first").ct_layer.name = "Patient A"
+    assert seen and _scan(session, "Patient A") is not None

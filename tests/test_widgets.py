@@ -207,3 +207,16 @@ def test_the_bundle_picker_follows_a_promotion_and_a_rollback(widget_viewer, tin
     rollback("demo")
     models.refresh()
     assert widget.bundle_combo.currentData() == str(BUILTIN_DIR / "demo")
+
+
+def test_the_slice_readout_follows_a_mask_edit(widget_viewer):
+    viewer, widget = widget_viewer
+    widget.run_diagnosis(threaded=False)
+    widget.jump_to_infection()
+    before = widget.slice_readout.text()
+    mask_layer = ops.layer_of_kind(viewer, viewer.layers["ct"], "infection_mask")
+    z = ops.current_slice(viewer, viewer.layers["ct"])
+    mask = np.array(mask_layer.data)
+    mask[z] = 0
+    mask_layer.data = mask
+    assert widget.slice_readout.text() != before and "infection 0.0 cm²" in widget.slice_readout.text()

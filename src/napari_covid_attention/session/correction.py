@@ -165,7 +165,8 @@ class MaskCorrection:
 
     def _on_redraw(self, _event=None) -> None:
         # napari's undo / redo rewrite the array and only redraw (no paint or data event):
-        # a changed undo / redo history length is how they show.
+        # a changed undo / redo history length is how they show. A hidden layer is not
+        # redrawn, so an undo through the API on a hidden mask is seen at its next redraw.
         seen = _history_signature(self.layer)
         if seen != self._history_seen:
             self._history_seen = seen

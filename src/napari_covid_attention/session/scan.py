@@ -31,6 +31,7 @@ class ScanSession:
         self.key = scan_key(ct_layer)
         self.diagnosis: Diagnosis | None = None
         self.correction: MaskCorrection | None = None
+        self.hidden_visibility: dict[int, bool] | None = None  # while another scan is shown
 
     @property
     def name(self) -> str:

@@ -79,7 +79,25 @@ class Session:
     def set_active(self, scan: ScanSession | None) -> None:
         if scan is not self.active:
             self.active = scan
+            if scan is not None and not self.compare.active:
+                self._show_only(scan)
             self.active_changed.emit(scan)
+
+    def _show_only(self, scan: ScanSession) -> None:
+        """Draw the active scan only: two patients' scans share napari's world space, so two
+        visible scans lie on top of each other. Hidden scans get their visibility back when
+        they are made active again."""
+        for other in self.scans.values():
+            layers = [other.ct_layer, *other.result_layers(self.viewer)]
+            if other is scan:
+                if other.hidden_visibility is not None:
+                    for layer in layers:
+                        layer.visible = other.hidden_visibility.get(id(layer), layer.visible)
+                    other.hidden_visibility = None
+            elif other.hidden_visibility is None and any(layer.visible for layer in layers):
+                other.hidden_visibility = {id(layer): layer.visible for layer in layers}
+                for layer in layers:
+                    layer.visible = False
 
     def _on_inserted(self, event) -> None:
         if not self.compare.active:  # its twin layers are views, not scans
@@ -91,11 +109,15 @@ class Session:
         if is_ct(layer) and layer not in self.compare.added and scan_key(layer) not in self.scans:
             scan = ScanSession(layer)
             self.scans[scan.key] = scan
+            layer.events.name.connect(self._renamed)  # pickers show the new name
             self.scans_changed.emit()
             if self.active is None:
                 self.set_active(scan)
         elif (plugin_meta(layer.metadata) or {}).get("kind") == "infection_mask":
             self._bind_mask(layer)
+
+    def _renamed(self, _event=None) -> None:
+        self.scans_changed.emit()
 
     def _bind_mask(self, layer: Any) -> None:
         scan = self.scan_of(layer)
@@ -123,6 +145,7 @@ class Session:
             scan.bind(None)  # its mask layer was deleted: the saved versions stay
 
     def _close_scan(self, scan: ScanSession) -> None:
+        scan.ct_layer.events.name.disconnect(self._renamed)
         scan.close()
         del self.scans[scan.key]
         for layer in scan.result_layers(self.viewer):  # its overlays mean nothing without it

@@ -116,7 +116,7 @@ class DiagnoseWidget(ScrollingDock):
         # magicgui's picker holds layers, not names: a rename or two scans of the same
         # name never diagnose the wrong layer; only CT images are offered.
         self.layer_picker = ComboBox(choices=self._ct_choices, nullable=False)
-        self.layer_picker.native.setToolTip("The CT image to diagnose (only CT images are offered)")
+        self.layer_picker.native.setToolTip("The CT image to diagnose (3D single-channel images; maps, masks and RGB are not offered)")
         _narrow(self.layer_picker.native)
         self.layer_picker.changed.connect(self._picked_layer)
         self.diagnose_button = QPushButton("Diagnose")
@@ -200,6 +200,7 @@ class DiagnoseWidget(ScrollingDock):
         self.bundle_combo.blockSignals(False)
         chosen = models.chosen_info
         self.bundle_label.setText(chosen.label if chosen else "No bundle installed.")
+        self.bundle_combo.setToolTip(f"{chosen.title}\n{chosen.path}" if chosen else "")
 
     def _fill_devices(self) -> None:
         """The device list needs torch: filled in the background so the dock opens at once."""
@@ -258,12 +259,12 @@ class DiagnoseWidget(ScrollingDock):
         """Diagnose the selected scan; ``threaded=False`` runs in this thread (tests, demo)."""
         scan = self.selected_scan()
         if scan is None:
-            notify_failure(UserFacingError("Open a CT scan first (File > Open, or File > Open Sample)."), "diagnosis")
+            self._refused(UserFacingError("Open a CT scan first (File > Open, or File > Open Sample)."))
             return None
         try:
             volume = scan.volume()
         except UserFacingError as exc:
-            notify_failure(exc, "diagnosis")
+            self._refused(exc)
             return None
         models, device = self.session.models, self.device_combo.currentData() or "auto"
         chosen, self._threaded = models.chosen, threaded
@@ -278,6 +279,11 @@ class DiagnoseWidget(ScrollingDock):
             finished=self._on_finished,
             threaded=threaded,
         )
+
+    def _refused(self, exc: UserFacingError) -> None:
+        """Nothing started: one notification, and the status says so (not an earlier run's)."""
+        self.progress.setValue(0)
+        self.status.setText(notify_failure(exc, "diagnosis"))
 
     def cancel(self) -> None:
         """Stop at the next stage boundary; nothing is added to the viewer."""
@@ -342,6 +348,8 @@ class DiagnoseWidget(ScrollingDock):
         return None if scan is None or scan.diagnosis is None else (scan.diagnosis, scan.ct_layer)
 
     def _schedule_scores(self, _event=None) -> None:
+        """The mask was edited: the slice readout now (cheap), the scores a moment later."""
+        self._update_slice_readout()
         self._score_timer.start(_SCORE_DELAY_MS)
 
     def update_scores(self, threaded: bool | None = None) -> None:
