@@ -25,9 +25,8 @@ from pydicom.dataset import Dataset
 
 from napari_covid_attention.errors import UserFacingError
 from napari_covid_attention.io import geometry
+from napari_covid_attention.io.dicom.stack import SAME_POSITION_MM, slice_normal
 
-# Positions closer than this (mm) along the slice normal are the same slice (as the reader).
-_SAME_POSITION_MM = 0.01
 # A mask grid may differ from the source stack by this much (mm) and still be "the same".
 _GRID_TOLERANCE_MM = 0.01
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")
@@ -101,8 +100,9 @@ def _stacked(datasets: list[Dataset]) -> SourceSeries:
     iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient], dtype=float)
     row = iop[:3] / np.linalg.norm(iop[:3])
     col = iop[3:] / np.linalg.norm(iop[3:])
-    normal = np.cross(row, col)
-    normal /= np.linalg.norm(normal)
+    normal = slice_normal(iop)  # the reader's: slices are stacked exactly as load_ct stacks them
+    if normal is None:
+        raise ExportError("The source series' ImageOrientationPatient has no slice normal: it cannot be stacked.")
 
     def height(ds: Dataset) -> float:
         return float(np.dot(_position(ds), normal))
@@ -117,7 +117,7 @@ def _stacked(datasets: list[Dataset]) -> SourceSeries:
         ),
     )
     heights = np.array([height(ds) for ds in ordered])
-    keep = np.concatenate([[True], np.diff(heights) > _SAME_POSITION_MM])
+    keep = np.concatenate([[True], np.diff(heights) > SAME_POSITION_MM])
     ordered = [ds for ds, k in zip(ordered, keep, strict=True) if k]
     if len(ordered) < 2:
         raise ExportError("The source series has a single slice position: it is not a volume.")

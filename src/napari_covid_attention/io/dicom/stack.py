@@ -19,7 +19,7 @@ from napari_covid_attention.io.dicom.slices import Slice
 from napari_covid_attention.io.volume import CTLoadError
 
 # Positions closer than this (mm) along the slice normal are the same slice.
-_SAME_POSITION_MM = 0.01
+SAME_POSITION_MM = 0.01
 
 
 def slice_normal(orientation: np.ndarray | None) -> np.ndarray | None:
@@ -65,7 +65,7 @@ def stack_slices(
     )
     heights = np.array([float(np.dot(s.position, normal)) for s in ordered])
     notes = _acquisition_overlap(ordered, heights)
-    keep = np.concatenate([[True], np.diff(heights) > _SAME_POSITION_MM])
+    keep = np.concatenate([[True], np.diff(heights) > SAME_POSITION_MM])
     if not keep.all():
         dropped = int((~keep).sum())
         notes.append(
@@ -121,7 +121,7 @@ def _acquisition_overlap(ordered: list[Slice], heights: np.ndarray) -> list[str]
     if len(ranges) < 2:
         return []
     spans = sorted(ranges.values())
-    overlap = any(b[0] <= a[1] + _SAME_POSITION_MM for a, b in zip(spans, spans[1:], strict=False))
+    overlap = any(b[0] <= a[1] + SAME_POSITION_MM for a, b in zip(spans, spans[1:], strict=False))
     if not overlap:
         return []
     return [
