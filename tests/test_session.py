@@ -71,7 +71,10 @@ def test_two_scans_each_edit_lands_in_its_own_case(viewer_session):
 def test_mark_reviewed_marks_the_scan_it_is_called_on(viewer_session):
     _, session, _ = viewer_session
     first, second = _scan(session, "first"), _scan(session, "second")
+    counted = []
+    session.reviewed_changed.connect(lambda: counted.append(session.reviewed_count()))
     first.correction.mark_reviewed("CAP")
+    assert counted == [1]  # the Fine-tune dock's count follows
     assert session.store.get_case(first.correction.case.id).reviewed
     assert not session.store.get_case(second.correction.case.id).reviewed
 

@@ -46,6 +46,7 @@ class MaskCorrection:
 
     status = Signal(str)  # one sentence for the annotator
     history_changed = Signal()  # a version was saved, restored, or the case was reviewed
+    reviewed = Signal()  # the case was marked reviewed (what fine-tuning counts)
 
     def __init__(
         self,
@@ -263,6 +264,7 @@ class MaskCorrection:
         self.store.mark_reviewed(case.id, annotator=annotator, label=label)
         self._say(f"Case {case.id} marked reviewed ({label}) by {annotator}.")
         self.history_changed.emit()
+        self.reviewed.emit()
 
     def _require_case(self):
         if self.case is None:

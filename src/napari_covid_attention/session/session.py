@@ -131,7 +131,7 @@ class Session:
         correction = MaskCorrection(
             layer, volume, model, self.store, self.scheduler, lambda: self.annotator, self.autosave_s, self.tools
         )
-        correction.history_changed.connect(self.reviewed_changed.emit)
+        correction.reviewed.connect(self.reviewed_changed.emit)  # not every save: the count re-reads the registry
         scan.bind(correction)
 
     def _on_removed(self, event) -> None:
