@@ -83,3 +83,40 @@ def test_only_fp16_autocast_gets_a_loss_scaler():
         device = torch.device("cuda", 0)
         fp16 = mixed_precision_dtype(device) == torch.float16
         assert (grad_scaler(device) is not None) == fp16
+
+
+def test_precision_bf16_runs_the_forward_in_bf16_on_the_cpu_and_fp32_stays_exact():
+    assert mixed_precision_dtype(CPU, "bf16") == torch.bfloat16 and grad_scaler(CPU, "bf16") is None
+    assert mixed_precision_dtype(CPU, "fp32") is None
+    seen: list[torch.dtype] = []
+
+    def forward(model, batch):
+        out = model(batch["x"])
+        seen.append(out.dtype)
+        return out.float()
+
+    model, batches, optimizer, _ = _setup()
+    run_to_end(train_steps(model, optimizer, batches, _mse, forward=forward, device=CPU, phase="fit", total=4, precision="bf16"))
+    assert seen == [torch.bfloat16] * 4
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+
+    seen.clear()
+    model, batches, optimizer, _ = _setup()
+    run_to_end(train_steps(model, optimizer, batches, _mse, forward=forward, device=CPU, phase="fit", total=4, precision="fp32"))
+    assert seen == [torch.float32] * 4
+
+
+def test_an_unknown_precision_is_one_sentence():
+    from napari_covid_attention.errors import UserFacingError
+
+    with pytest.raises(UserFacingError, match="not a precision"):
+        mixed_precision_dtype(CPU, "fp8")
+
+
+def test_the_cli_offers_exactly_the_precisions_the_core_knows():
+    from napari_covid_attention.cli import build_parser
+    from napari_covid_attention.models.device import PRECISIONS
+
+    parser = build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions if "--precision" in a.option_strings)
+    assert tuple(train.choices) == PRECISIONS

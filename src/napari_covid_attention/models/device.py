@@ -52,17 +52,32 @@ def describe(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype on ``device``: bf16 (or fp16 on older GPUs) on CUDA, None elsewhere."""
+# ``precision`` of training runs: "auto" is mixed precision on CUDA and full precision
+# elsewhere (diagnosis always uses "auto"); "fp32" is full precision everywhere; "bf16" is
+# bf16 autocast on any device. On CPUs with AMX/AVX512-BF16 it trained the segmenter 4.3x
+# faster than fp32 (docs/benchmarks.md); on CPUs without it, it is slower. Opt-in on the
+# CPU, so that a run's numbers do not depend on which CPU it landed on.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def mixed_precision_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype: bf16 (or fp16 on older GPUs) on CUDA with "auto", bf16 anywhere
+    with "bf16", None (full precision) otherwise."""
+    if precision not in PRECISIONS:
+        raise UserFacingError(f"{precision!r} is not a precision (use {', '.join(PRECISIONS)}).")
+    if precision == "fp32" or device.type == "mps":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 @contextlib.contextmanager
-def autocast(device: torch.device) -> Iterator[None]:
-    """bf16 (or fp16) mixed precision on CUDA; full precision elsewhere."""
-    dtype = mixed_precision_dtype(device)
+def autocast(device: torch.device, precision: str = "auto") -> Iterator[None]:
+    """Mixed precision as :func:`mixed_precision_dtype` says; full precision otherwise."""
+    dtype = mixed_precision_dtype(device, precision)
     if dtype is not None:
         with torch.autocast(device.type, dtype=dtype):
             yield
@@ -70,10 +85,10 @@ def autocast(device: torch.device) -> Iterator[None]:
         yield
 
 
-def grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
+def grad_scaler(device: torch.device, precision: str = "auto") -> torch.amp.GradScaler | None:
     """A loss scaler where :func:`autocast` runs fp16: small fp16 gradients underflow to zero
     without one. bf16 has fp32's range and full precision needs none (None)."""
-    if mixed_precision_dtype(device) == torch.float16:
+    if mixed_precision_dtype(device, precision) == torch.float16:
         return torch.amp.GradScaler(device.type)
     return None
 

@@ -50,20 +50,21 @@ def train_steps(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     scaler: torch.amp.GradScaler | None = None,
     clip: float | None = None,
+    precision: str = "auto",
 ) -> Generator[Progress, None, None]:
     """One pass over ``batches`` (an epoch); yields ``Progress(phase, done + i, total, metrics)``.
 
     ``metrics`` are ``{"loss": ...}`` plus what ``loss_fn`` reports. ``scaler`` (from
     :func:`~napari_covid_attention.models.device.grad_scaler`, created once per run so its
     scale carries over epochs) scales fp16 losses; ``clip`` caps the gradient norm
-    (unscaled first). Without either, the operations are exactly those of a plain
+    (unscaled first); ``precision`` is passed to ``autocast``. Without either, the operations are exactly those of a plain
     fp32 step, so CPU results do not change with this helper. The caller puts the model in
     train mode and sets the sampler's epoch.
     """
     for i, batch in enumerate(batches, start=1):
         batch = {k: v.to(device) for k, v in batch.items()}
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device):
+        with autocast(device, precision):
             output = forward(model, batch)
         loss, parts = loss_fn(output, batch)
         if scaler is not None:

@@ -107,6 +107,9 @@ class TrainConfig:
     # How much more often the segmenter draws a scan without infection: healthy anatomy
     # (vessels, heart, atelectasis, tumours) is what it must learn to leave alone.
     segmenter_negative_weight: float = 1.0
+    # Autocast of the training steps (models.device.PRECISIONS); validation, calibration and
+    # the pneumonia threshold are always measured at diagnosis precision.
+    precision: str = "auto"
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -411,7 +414,7 @@ def _fit_classifier(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
-    scaler = grad_scaler(device)
+    scaler = grad_scaler(device, config.precision)
     total_steps = config.epochs * steps_per_epoch
     for epoch in range(config.epochs):
         sampler.set_epoch(epoch)
@@ -419,7 +422,7 @@ def _fit_classifier(
         sums: dict[str, float] = {}
         for progress in train_steps(
             ddp, optimizer, loader, criterion, forward=classify, device=device, phase=f"classifier:{name}",
-            total=total_steps, done=epoch * steps_per_epoch, scheduler=scheduler, scaler=scaler,
+            total=total_steps, done=epoch * steps_per_epoch, scheduler=scheduler, scaler=scaler, precision=config.precision,
         ):
             for k, v in progress.metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -507,14 +510,14 @@ def _fit_segmenter(
     steps_per_epoch = max(1, len(loader))
     total_steps = config.segmenter_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.segmenter_lr, total_steps=total_steps, pct_start=0.15)
-    scaler = grad_scaler(device)
+    scaler = grad_scaler(device, config.precision)
     for epoch in range(config.segmenter_epochs):
         sampler.set_epoch(epoch)
         model.train()
         loss_sum = 0.0
         for progress in train_steps(
             ddp, optimizer, loader, criterion, forward=segment, device=device, phase="segmenter",
-            total=total_steps, done=epoch * steps_per_epoch, scheduler=scheduler, scaler=scaler,
+            total=total_steps, done=epoch * steps_per_epoch, scheduler=scheduler, scaler=scaler, precision=config.precision,
         ):
             loss_sum += progress.metrics["loss"]
             yield progress
