@@ -133,3 +133,20 @@ def open_ct_with_diagnose_widget(make_napari_viewer):
         return viewer, widget
 
     return open_
+
+
+@pytest.fixture(scope="session")
+def cap_phantom():
+    """A small CAP phantom (32 x 64 x 64) for the viewer-logic tests."""
+    from napari_covid_attention.data.synthetic import generate_phantom
+
+    return generate_phantom(5, label="CAP", shape=(32, 64, 64))
+
+
+@pytest.fixture(scope="session")
+def cap_diagnosis(cap_phantom, tiny_bundle):
+    """The tiny bundle's diagnosis of :func:`cap_phantom`."""
+    from napari_covid_attention.diagnosis import diagnose
+    from napari_covid_attention.models.bundle import load_bundle
+
+    return diagnose(cap_phantom.volume, load_bundle(tiny_bundle), "cpu")

@@ -7,9 +7,6 @@ import pytest
 from napari.components import ViewerModel
 
 from napari_covid_attention._layer_data import ct_layer_data
-from napari_covid_attention.data.synthetic import generate_phantom
-from napari_covid_attention.diagnosis import diagnose
-from napari_covid_attention.models.bundle import load_bundle
 from napari_covid_attention.widgets import layers as ops
 from napari_covid_attention.widgets.compare import CompareView, camera_of, grid_of, panel_title
 
@@ -17,23 +14,13 @@ TWO = ("attention", "gradcam")
 THREE = ("attention", "gradcam", "gradcam_pp")
 
 
-@pytest.fixture(scope="module")
-def scan():
-    return generate_phantom(5, label="CAP", shape=(32, 64, 64))
-
-
-@pytest.fixture(scope="module")
-def diagnosis(scan, tiny_bundle):
-    return diagnose(scan.volume, load_bundle(tiny_bundle), "cpu")
-
-
 @pytest.fixture
-def viewer(scan, diagnosis):
+def viewer(cap_phantom, cap_diagnosis):
     model = ViewerModel()
     model.canvas.size = (600, 900)
-    data, kwargs, _ = ct_layer_data(scan.volume, "ct")
+    data, kwargs, _ = ct_layer_data(cap_phantom.volume, "ct")
     ct = model.add_image(data, **kwargs)
-    ops.add_diagnosis_layers(model, ct, diagnosis)
+    ops.add_diagnosis_layers(model, ct, cap_diagnosis)
     return model
 
 
@@ -137,12 +124,12 @@ def test_entering_fits_the_grid(viewer):
 
 
 @pytest.mark.viewer
-def test_titles_are_drawn_in_their_view_boxes(make_napari_viewer, scan, diagnosis):
+def test_titles_are_drawn_in_their_view_boxes(make_napari_viewer, cap_phantom, cap_diagnosis):
     """On the real canvas each title is a text visual inside its own grid view box."""
     viewer = make_napari_viewer()
-    data, kwargs, _ = ct_layer_data(scan.volume, "ct")
+    data, kwargs, _ = ct_layer_data(cap_phantom.volume, "ct")
     ct = viewer.add_image(data, **kwargs)
-    ops.add_diagnosis_layers(viewer, ct, diagnosis)
+    ops.add_diagnosis_layers(viewer, ct, cap_diagnosis)
     canvas = viewer.window._qt_viewer.canvas
     compare = CompareView(viewer)
     compare.enter(ct, THREE)
