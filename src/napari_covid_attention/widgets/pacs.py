@@ -280,21 +280,26 @@ class PacsWidget(ScrollingDock):
             "date": self.dates.text().strip() or None,
             "modality": "CT" if self.ct_only.isChecked() else None,
         }
+        self.status.setText(f"Searching {redact(url)}…")
+        self._query(url, lambda client: client.search_studies(**filters), "searching the PACS", self._show_studies)
+
+    def _query(self, url: str, ask, what: str, show) -> None:
+        """Run ``ask(client)`` in the background and hand its answer to ``show(token, found)``;
+        a newer search or selection makes the token stale, so late answers are dropped."""
         self._searches += 1
         token = self._searches
-        self.status.setText(f"Searching {redact(url)}…")
 
         def work() -> list:
             from napari_covid_attention.pacs import PacsClient
 
             with PacsClient(url) as client:
-                return client.search_studies(**filters)
+                return ask(client)
 
         def failed(exc: BaseException) -> None:
             if token == self._searches:
-                self.status.setText(notify_failure(exc, "searching the PACS"))
+                self.status.setText(notify_failure(exc, what))
 
-        self.session.scheduler.background(work, lambda found: self._show_studies(token, found), failed)
+        self.session.scheduler.background(work, lambda found: show(token, found), failed)
 
     def _show_studies(self, token: int, found: list[StudyMatch]) -> None:
         if token != self._searches:
@@ -317,21 +322,8 @@ class PacsWidget(ScrollingDock):
         if study is None:
             return
         url, modality = self.url.text().strip(), "CT" if self.ct_only.isChecked() else None
-        self._searches += 1
-        token = self._searches
         self.status.setText("Listing the study's series…")
-
-        def work() -> list:
-            from napari_covid_attention.pacs import PacsClient
-
-            with PacsClient(url) as client:
-                return client.search_series(study.study_uid, modality=modality)
-
-        def failed(exc: BaseException) -> None:
-            if token == self._searches:
-                self.status.setText(notify_failure(exc, "listing the series"))
-
-        self.session.scheduler.background(work, lambda found: self._show_series(token, found), failed)
+        self._query(url, lambda client: client.search_series(study.study_uid, modality=modality), "listing the series", self._show_series)
 
     def _show_series(self, token: int, found: list[SeriesMatch]) -> None:
         if token != self._searches:
