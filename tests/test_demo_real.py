@@ -4,7 +4,6 @@ at most 0.5 % of the lungs (issue 12), except where it is known not to be yet.""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from conftest import SHARED_DATA
 from scipy import ndimage
@@ -47,5 +46,4 @@ def test_the_demo_bundle_finds_no_pneumonia_on_real_scans_without_it(bundle, pat
         assert float(distance_mm[d.infection_mask > 0].max()) <= 6.0
     if not within_half_percent:
         request.applymarker(pytest.mark.xfail(strict=True, reason=TUMOUR))
-    assert d.infection_percent <= 0.5
-    assert np.isfinite(d.infection_percent)
+    assert d.infection_percent <= 0.5  # NaN fails too

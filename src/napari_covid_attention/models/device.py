@@ -65,7 +65,7 @@ def mixed_precision_dtype(device: torch.device, precision: str = "auto") -> torc
     with "bf16", None (full precision) otherwise."""
     if precision not in PRECISIONS:
         raise UserFacingError(f"{precision!r} is not a precision (use {', '.join(PRECISIONS)}).")
-    if precision == "fp32" or device.type == "mps":
+    if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
